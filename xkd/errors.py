@@ -1,0 +1,37 @@
+"""User-facing errors.
+
+A :class:`UserError` is a mistake in the input (config, paths, names, files). The CLI prints its
+one-line message to stderr and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake the user can fix; the message is one line naming what is wrong and how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+class ConfigError(UserError):
+    """An invalid experiment file: ``path`` is the dotted field path (e.g. ``students[1].params.T``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class UnknownNameError(UserError):
+    """A name that is not registered; lists what is allowed."""
+
+    def __init__(self, kind: str, name: str, allowed: list[str], path: str = "") -> None:
+        self.kind, self.name, self.allowed = kind, name, allowed
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}unknown {kind} '{name}'; allowed: {', '.join(allowed)}")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""

@@ -1,0 +1,76 @@
+"""The model contract (DESIGN section 3.2): a :class:`FeatureModel` exposes stage features.
+
+``forward(x)`` returns logits. ``features(x)`` returns :class:`Features`: stage outputs shallow ->
+deep after their activation (``stages``) and before it (``preact``), the pooled vector and the
+logits. ``stage_layers()`` returns the modules whose *outputs* are ``stages`` (used as Grad-CAM
+layers). Channel and spatial sizes come from :func:`describe` (a dry run), never from tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from xkd.registry import Registry
+
+MODELS: Registry["FeatureModel"] = Registry("model")
+"""Model factories: ``factory(num_classes=..., in_channels=..., image_size=..., **params)``."""
+
+
+@dataclass
+class Features:
+    """Stage features of one forward pass (shallow -> deep)."""
+
+    stages: list[torch.Tensor]
+    preact: list[torch.Tensor]
+    pooled: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class StageInfo:
+    """Shape of one stage (from a dry run)."""
+
+    channels: int
+    height: int
+    width: int
+
+
+class FeatureModel(nn.Module):
+    """Base class: subclasses implement :meth:`features` and :meth:`stage_layers`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).logits
+
+    def features(self, x: torch.Tensor) -> Features:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stage_layers(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        """Modules whose forward outputs are ``features(x).stages`` (same order)."""
+        raise NotImplementedError
+
+
+@torch.no_grad()
+def describe(model: FeatureModel, example: torch.Tensor) -> tuple[list[StageInfo], int]:
+    """Stage shapes and pooled width from a dry run on ``example`` (C,H,W or 1,C,H,W).
+
+    The model's train/eval mode is restored afterwards (BatchNorm statistics are not touched).
+    """
+    x = example if example.dim() == 4 else example.unsqueeze(0)
+    was_training = model.training
+    model.eval()
+    try:
+        f = model.features(x[:1])
+    finally:
+        model.train(was_training)
+    infos = [StageInfo(int(s.shape[1]), int(s.shape[2]), int(s.shape[3])) for s in f.stages]
+    return infos, int(f.pooled.shape[1])
+
+
+def list_models() -> list[str]:
+    """Every registered model name (``tv:NAME`` covers torchvision classifiers)."""
+    import xkd.models  # noqa: F401
+
+    return MODELS.names()
