@@ -86,6 +86,8 @@ class TeacherConfig(Strict):
     train: TrainOverride = Field(default_factory=TrainOverride)
     pretrained: bool = Field(
         False, description="true: use model.checkpoint as-is and skip training the teacher")
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="dataset param overrides for the teacher's training set")
 
 
 class StudentConfig(Strict):
@@ -311,6 +313,11 @@ def check_names(cfg: ExperimentConfig, base_dir: Path | None = None) -> None:
             raise _error_from_validation(e, "data.params") from None
     if cfg.teacher is not None:
         _check_model(cfg.teacher.model, "teacher.model")
+        if cfg.teacher.data and entry.params is not None:
+            try:
+                entry.params.model_validate({**cfg.data.params, **cfg.teacher.data})
+            except ValidationError as err:
+                raise _error_from_validation(err, "teacher.data") from None
         if cfg.teacher.pretrained and cfg.teacher.model.checkpoint is None:
             raise ConfigError("teacher.pretrained", "true needs teacher.model.checkpoint to be set")
     EXPLAINERS.entry(cfg.explain.method, path="explain.method")
