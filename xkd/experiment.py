@@ -1,0 +1,262 @@
+"""The experiment flow (DESIGN section 3): data -> teacher -> saliency -> students -> evaluate ->
+explanations -> report -> summary.json (written last, so a folder without it is incomplete).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from xkd import io
+from xkd.config import ExperimentConfig, ExplainConfig, ModelConfig, TrainConfig, method_params, resolved_dict
+from xkd.data import DataBundle, JointAugment, build_data
+from xkd.distill import DistillContext, Distiller, build_distiller
+from xkd.engine import (agreement, environment_info, evaluate_predictions, fit, init_distributed,
+                        is_main_process, predict, resolve_device)
+from xkd.errors import UserError
+from xkd.models import FeatureModel, build as build_model
+from xkd.runfolder import RunFolder
+
+SMOKE_SAMPLES = 64
+"""Samples per split in ``--smoke`` mode (every stage runs, on a few batches, for one epoch)."""
+
+
+@dataclass
+class RunContext:
+    """What the flow shares between its stages for one seed."""
+
+    cfg: ExperimentConfig
+    seed: int
+    folder: RunFolder
+    device: torch.device
+    resume: bool = False
+    smoke: bool = False
+    log: Any = print
+    bundles: dict[str, DataBundle] = field(default_factory=dict)
+
+    def data(self, overrides: dict[str, Any] | None = None) -> DataBundle:
+        """The data bundle with per-model overrides (built once per distinct override)."""
+        key = repr(sorted((overrides or {}).items()))
+        if key not in self.bundles:
+            b = build_data(self.cfg.data, self.seed, overrides or None)
+            if self.smoke:
+                b = _shrink(b, SMOKE_SAMPLES)
+            self.bundles[key] = b
+        return self.bundles[key]
+
+    def train_cfg(self, base: TrainConfig) -> TrainConfig:
+        if not self.smoke:
+            return base
+        return base.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2,
+                                       "batch_size": min(base.batch_size, 16)})
+
+
+def _shrink(b: DataBundle, n: int) -> DataBundle:
+    """The first ``n`` samples of every split (indices keep their meaning for caches)."""
+    def cut(ds: Dataset) -> Dataset:
+        return Subset(ds, range(min(n, len(ds))))  # type: ignore[arg-type]
+    out = copy.copy(b)
+    out.train, out.val, out.test = cut(b.train), cut(b.val), cut(b.test)
+    out.extra_tests = {k: cut(v) for k, v in b.extra_tests.items()}
+    out.identity = f"{b.identity}|first{n}"
+    return out
+
+
+def _model(mc: ModelConfig, b: DataBundle, path: str) -> FeatureModel:
+    return build_model(mc, num_classes=b.num_classes, in_channels=b.in_channels,
+                       image_size=b.image_size, path=path)
+
+
+def _n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def _train(ctx: RunContext, distiller: Distiller, bundle: DataBundle, train: TrainConfig,
+           out_dir: Path, extras: dict[str, Any] | None, desc: str) -> dict[str, Any]:
+    train_set = JointAugment(bundle.train, bundle.train_transform, extras)
+    t0 = time.perf_counter()
+    res = fit(distiller, train_set, bundle.val, ctx.train_cfg(train), out_dir, device=ctx.device,
+              seed=ctx.seed, deterministic=ctx.cfg.deterministic, resume=ctx.resume,
+              task=bundle.task, num_workers=ctx.cfg.data.num_workers, desc=desc, log=ctx.log)
+    best = out_dir / "best.pt"
+    if best.is_file():  # deploy the checkpoint selected on the validation split
+        state = io.torch_load(best)
+        distiller.trainable_modules().load_state_dict(state["model"])
+    return {"best_epoch": res.best_epoch, "best_val": res.best_metric,
+            "train_seconds": round(time.perf_counter() - t0, 2), "epochs": res.epochs_run}
+
+
+def train_teacher(ctx: RunContext) -> tuple[FeatureModel | None, dict[str, Any]]:
+    """Load a pretrained teacher, or train one from scratch with plain cross-entropy."""
+    tc = ctx.cfg.teacher
+    if tc is None:
+        return None, {}
+    bundle = ctx.data(tc.data)
+    teacher = _model(tc.model, bundle, "teacher.model")
+    info: dict[str, Any] = {"params": _n_params(teacher), "model": tc.model.name or tc.model.factory}
+    if tc.pretrained:
+        info["source"] = tc.model.checkpoint
+    else:
+        context = DistillContext(example=bundle.train[0]["image"].unsqueeze(0),
+                                 num_classes=bundle.num_classes, task=bundle.task,
+                                 epochs=ctx.cfg.train_for(tc.train).epochs, dataset_size=len(bundle.train))
+        d = build_distiller("ce", teacher, None, {}, context)
+        info.update(_train(ctx, d, bundle, ctx.cfg.train_for(tc.train), ctx.folder.teacher, None,
+                           "teacher"))
+        if is_main_process():
+            io.torch_save(ctx.folder.teacher / "checkpoint.pt",
+                          {"format_version": 1, "model": teacher.state_dict()})
+    teacher.to(ctx.device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher, info
+
+
+def saliency_extras(ctx: RunContext, d: Distiller, teacher: FeatureModel, bundle: DataBundle,
+                    path: str) -> dict[str, Any] | None:
+    """Attach the teacher saliency a distiller asks for: a cache, or an online explainer."""
+    spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
+    if spec is None:
+        return None
+    from xkd.explain import SaliencyCache, build_from_config
+
+    ecfg = _explain_cfg(ctx.cfg.explain, spec, path)
+    if not ecfg.cache:
+        d.set_teacher_explainer(build_from_config(ecfg, teacher, path=f"{path}.explainer"), ecfg.target)
+        return None
+    _barrier()
+    cache = None
+    if is_main_process():
+        cache = SaliencyCache.build_or_load(ctx.folder.saliency, teacher, bundle.train, ecfg,
+                                            bundle.identity, ctx.device, batch_size=ecfg.max_batch)
+    _barrier()
+    if cache is None:
+        cache = SaliencyCache.build_or_load(ctx.folder.saliency, teacher, bundle.train, ecfg,
+                                            bundle.identity, ctx.device, batch_size=ecfg.max_batch)
+    return {"saliency": cache}
+
+
+def _explain_cfg(base: ExplainConfig, spec: dict[str, Any] | None, path: str) -> ExplainConfig:
+    merged = base.model_dump()
+    for k, v in (spec or {}).items():
+        if v is not None:
+            merged[k] = v
+    try:
+        return ExplainConfig.model_validate(merged)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{path}.explainer: {str(e).splitlines()[-1]}") from None
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None
+                  ) -> tuple[FeatureModel, Distiller, dict[str, Any]]:
+    sc = ctx.cfg.students[i]
+    path = f"students[{i}]"
+    bundle = ctx.data(sc.data)
+    student = _model(sc.model, bundle, f"{path}.model")
+    train = ctx.cfg.train_for(sc.train)
+    context = DistillContext(example=bundle.train[0]["image"].unsqueeze(0),
+                             num_classes=bundle.num_classes, task=bundle.task, epochs=train.epochs,
+                             dataset_size=len(bundle.train), extras={"path": path})
+    d = build_distiller(sc.method, student, teacher, method_params(sc), context)
+    extras = saliency_extras(ctx, d, teacher, bundle, f"{path}.params") if teacher is not None else None
+    info = {"params": _n_params(student), "model": sc.model.name or sc.model.factory,
+            "method": sc.method}
+    info.update(_train(ctx, d, bundle, train, ctx.folder.student(sc.name), extras, sc.name))
+    return student, d, info
+
+
+def evaluate_models(ctx: RunContext, models: dict[str, FeatureModel]) -> dict[str, dict[str, Any]]:
+    """Accuracy (or MAE) on every test set and top-1 agreement/KL with the teacher."""
+    bundle = ctx.data()
+    bs = ctx.train_cfg(ctx.cfg.train).batch_size * 2
+    out: dict[str, dict[str, Any]] = {name: {} for name in models}
+    for set_name, ds in bundle.test_sets().items():
+        logits = {n: predict(m, ds, ctx.device, bs) for n, m in models.items()}
+        for n, (lg, labels) in logits.items():
+            for k, v in evaluate_predictions(lg, labels, bundle.task).items():
+                out[n][f"{set_name}_{k}"] = v
+            if "teacher" in logits and n != "teacher" and bundle.task == "classification":
+                for k, v in agreement(lg, logits["teacher"][0]).items():
+                    out[n][f"{set_name}_{k}"] = v
+    return out
+
+
+def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: bool, smoke: bool,
+                 argv: list[str], log: Any = print) -> dict[str, Any]:
+    """Run the whole flow for one seed into ``run_dir``; returns the summary dict."""
+    from xkd.export import export_explanations
+
+    init_distributed()
+    device = resolve_device(cfg.device)
+    folder = RunFolder(run_dir)
+    ctx = RunContext(cfg, seed, folder, device, resume=resume, smoke=smoke, log=log)
+    if is_main_process():
+        resolved = resolved_dict(cfg)
+        resolved["seed"] = seed
+        io.write_yaml(folder.config, resolved)
+        io.write_json(folder.env, environment_info(seed, argv) | {"smoke": smoke})
+    t_start = time.perf_counter()
+    teacher, tinfo = train_teacher(ctx)
+    models: dict[str, FeatureModel] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    distillers: dict[str, Distiller] = {}
+    if teacher is not None:
+        models["teacher"], infos["teacher"] = teacher, {"role": "teacher", "method": "-", **tinfo}
+    for i, sc in enumerate(cfg.students):
+        log(f"[xkd] student {sc.name} ({sc.method}, {sc.model.name or sc.model.factory})")
+        student, d, info = train_student(ctx, i, teacher)
+        models[sc.name], distillers[sc.name], infos[sc.name] = student, d, {"role": "student", **info}
+    if not is_main_process():
+        return {}
+    results = evaluate_models(ctx, models)
+    for name, info in infos.items():
+        target = folder.teacher if name == "teacher" else folder.student(name)
+        io.write_json(target / "metrics.json", {"model": name, **info, **results[name]})
+    export_explanations(ctx, teacher, models, distillers)
+    rows = [{"model": n, **infos[n], **results[n]} for n in models]
+    summary = {"name": cfg.name, "seed": seed, "smoke": smoke, "rows": rows,
+               "task": ctx.data().task, "test_sets": list(ctx.data().test_sets()),
+               "seconds": round(time.perf_counter() - t_start, 1)}
+    if cfg.report.enabled:
+        _report(folder, log)
+    io.write_json(folder.summary, summary)
+    return summary
+
+
+def _report(folder: RunFolder, log: Any) -> None:
+    try:
+        from xkd.report import build_report
+    except ImportError:
+        return
+    build_report(folder.root, log=log)
+
+
+def aggregate_seeds(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds of every numeric column, per model."""
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        for r in s["rows"]:
+            by_model.setdefault(r["model"], []).append(r)
+    out = []
+    for model, rows in by_model.items():
+        agg: dict[str, Any] = {"model": model, "method": rows[0].get("method"), "n_seeds": len(rows)}
+        for k in rows[0]:
+            vals = [r.get(k) for r in rows]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+                m = sum(vals) / len(vals)
+                sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+                agg[f"{k}_mean"], agg[f"{k}_std"] = m, sd
+        out.append(agg)
+    return out

@@ -1,0 +1,123 @@
+"""Per-stage attention and explanation export for a fixed, seeded evaluation subset (DESIGN 5).
+
+``RUN/explanations/`` holds ``inputs.npz`` (images, display images, labels, masks, indices),
+``teacher.npz`` and ``student_<NAME>.npz`` (logits, one saliency map per explainer, ABF attention
+maps per stage, the weighting map the loss saw) and ``index.json`` describing them. Every model
+is explained for the same target: the teacher's top-1 class (e2KD's convention), or the label
+when there is no teacher.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from xkd import io
+from xkd.config import ExplainConfig
+from xkd.data import DataBundle
+from xkd.distill import Distiller
+from xkd.models import FeatureModel
+
+if TYPE_CHECKING:
+    from xkd.experiment import RunContext
+
+
+def eval_subset(bundle: DataBundle, size: int, seed: int) -> list[int]:
+    """A fixed, seeded subset of the test split (sorted indices)."""
+    n = len(bundle.test)
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(n, generator=g)[: min(size, n)].tolist())
+
+
+def _stack(bundle: DataBundle, idx: list[int]) -> dict[str, torch.Tensor]:
+    loader = DataLoader(Subset(bundle.test, idx), batch_size=len(idx), shuffle=False)
+    return next(iter(loader))
+
+
+def display_images(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """Undo normalisation: (N,C,H,W) -> (N,H,W,3) uint8 for display."""
+    m = torch.tensor(mean, dtype=images.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype).view(1, -1, 1, 1)
+    x = (images * s + m).clamp(0, 1)
+    if x.shape[1] == 1:
+        x = x.repeat(1, 3, 1, 1)
+    return (x[:, :3].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+
+def _explain(model: FeatureModel, method: str, x: torch.Tensor, target: torch.Tensor,
+             max_batch: int) -> np.ndarray:
+    from xkd.explain import build_from_config
+
+    ex = build_from_config(ExplainConfig(method=method, max_batch=max_batch), model,
+                           path="evaluate.explainers")
+    return ex.explain(x, target).cpu().numpy().astype(np.float16)
+
+
+def export_explanations(ctx: "RunContext", teacher: FeatureModel | None,
+                        models: dict[str, FeatureModel], distillers: dict[str, Distiller]) -> None:
+    """Write the eval-subset explanations, attention maps and predictions of every model."""
+    cfg, folder, device = ctx.cfg, ctx.folder, ctx.device
+    bundle = ctx.data()
+    if bundle.task != "classification":
+        return
+    idx = eval_subset(bundle, cfg.evaluate.subset_size, cfg.evaluate.subset_seed)
+    batch = _stack(bundle, idx)
+    x, labels = batch["image"].to(device), batch["label"]
+    inputs: dict[str, np.ndarray] = {
+        "indices": np.asarray(idx, dtype=np.int64),
+        "images": batch["image"].numpy().astype(np.float16),
+        "display": display_images(batch["image"], bundle.mean, bundle.std),
+        "labels": labels.numpy(),
+    }
+    if "mask" in batch:
+        inputs["masks"] = (batch["mask"].numpy() > 0.5).astype(np.uint8)
+    out = folder.explanations
+    io.save_npz(out / "inputs.npz", **inputs)
+    with torch.no_grad():
+        logits = {n: m.to(device).eval()(x).float().cpu() for n, m in models.items()}
+    target = logits["teacher"].argmax(1) if "teacher" in logits else labels
+    index: dict[str, Any] = {"test_set": "test", "n": len(idx), "subset_seed": cfg.evaluate.subset_seed,
+                             "target_rule": "teacher_top1" if "teacher" in logits else "label",
+                             "explainers": list(cfg.evaluate.explainers), "mean": list(bundle.mean),
+                             "std": list(bundle.std), "has_masks": "masks" in inputs,
+                             "class_names": bundle.class_names, "models": {}}
+    for name, model in models.items():
+        arrays: dict[str, np.ndarray] = {"logits": logits[name].numpy(),
+                                         "target": target.numpy()}
+        for method in cfg.evaluate.explainers:
+            arrays[f"map_{method}"] = _explain(model, method, x, target.to(device), cfg.explain.max_batch)
+        entry: dict[str, Any] = {"file": "teacher.npz" if name == "teacher" else f"student_{name}.npz",
+                                 "role": "teacher" if name == "teacher" else "student",
+                                 "maps": [f"map_{m}" for m in cfg.evaluate.explainers],
+                                 "attention": {}}
+        d = distillers.get(name)
+        if d is not None:
+            d.eval()
+            with torch.no_grad():
+                att = d.attention_maps(x)
+            for stage, a in att.items():
+                arrays[f"attn_{stage}"] = a.float().cpu().numpy().astype(np.float16)
+                entry["attention"][stage] = list(a.shape[1:])
+            wmap = _weight_map(d, x, target, teacher)
+            if wmap is not None:
+                arrays["weight_map"] = wmap
+                entry["weight_map"] = True
+        io.save_npz(out / entry["file"], **arrays)
+        index["models"][name] = entry
+    io.write_json(out / "index.json", index)
+
+
+def _weight_map(d: Distiller, x: torch.Tensor, target: torch.Tensor,
+                teacher: FeatureModel | None) -> np.ndarray | None:
+    """The teacher map a saliency-weighted distiller used (its own explainer), for the stage view."""
+    spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
+    if spec is None or teacher is None:
+        return None
+    from xkd.explain import build_from_config
+
+    merged = ExplainConfig(**{k: v for k, v in spec.items() if v is not None and k in ExplainConfig.model_fields})
+    ex = build_from_config(merged, teacher, path="explain")
+    return ex.explain(x, target).cpu().numpy().astype(np.float16)

@@ -1,0 +1,62 @@
+"""Check everything that can be checked before a run folder is created.
+
+Builds the data, every model, every distiller (ReviewKD adapters come from a dry run) and every
+explainer the experiment names, on untrained weights. A mistake that would otherwise surface after
+an hour of teacher training (a Grad-CAM layer that does not exist, a pair without spatial stages)
+becomes one line and exit code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from xkd.config import ExperimentConfig, ExplainConfig, method_params
+from xkd.data import build_data
+from xkd.distill import DistillContext, build_distiller
+from xkd.errors import UserError
+from xkd.models import build as build_model
+
+
+def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
+    """Raise a :class:`UserError` for the first problem found; return quietly when all is well."""
+    from xkd.explain import build_from_config
+
+    bundles: dict[str, Any] = {}
+
+    def data(over: dict[str, Any]) -> Any:
+        key = repr(sorted(over.items()))
+        if key not in bundles:
+            bundles[key] = build_data(cfg.data, cfg.seed, over or None)
+        return bundles[key]
+
+    main = data({})
+    teacher = None
+    if cfg.teacher is not None:
+        tb = data(cfg.teacher.data)
+        teacher = build_model(cfg.teacher.model, num_classes=tb.num_classes, in_channels=tb.in_channels,
+                              image_size=tb.image_size, path="teacher.model")
+        teacher.eval()
+        if main.task == "classification":
+            for i, m in enumerate(cfg.evaluate.explainers):
+                build_from_config(ExplainConfig(method=m), teacher, path=f"evaluate.explainers[{i}]")
+            build_from_config(cfg.explain, teacher, path="explain")
+    for i, sc in enumerate(cfg.students):
+        path = f"students[{i}]"
+        b = data(sc.data)
+        if teacher is not None and (b.num_classes != main.num_classes):
+            raise UserError(f"{path}.data: changes num_classes; students and teacher must share classes")
+        student = build_model(sc.model, num_classes=b.num_classes, in_channels=b.in_channels,
+                              image_size=b.image_size, path=f"{path}.model")
+        ctx = DistillContext(example=b.train[0]["image"].unsqueeze(0), num_classes=b.num_classes,
+                             task=b.task, epochs=cfg.train_for(sc.train).epochs,
+                             dataset_size=len(b.train), extras={"path": path})
+        d = build_distiller(sc.method, student, teacher, method_params(sc), ctx)
+        spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
+        if spec is not None and teacher is not None:
+            merged = cfg.explain.model_dump()
+            merged.update({k: v for k, v in spec.items() if v is not None})
+            try:
+                ecfg = ExplainConfig.model_validate(merged)
+            except Exception as e:  # noqa: BLE001
+                raise UserError(f"{path}.params.explainer: {str(e).splitlines()[-1]}") from None
+            build_from_config(ecfg, teacher, path=f"{path}.params.explainer")

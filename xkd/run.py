@@ -1,0 +1,144 @@
+"""CLI: ``python -m xkd.run EXPERIMENT.yaml [--set a.b=c ...] [--resume] [--out DIR] [--smoke]``.
+
+Validates the whole experiment (config, names, models, distillers, explainers) before a run folder
+is created; user mistakes print one line to stderr and exit with code 2. ``--list`` prints every
+registered dataset, model, method, explainer and metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from xkd.errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m xkd.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", nargs="?", help="experiment YAML file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set train.epochs=2 --set students[0].params.T=2")
+    p.add_argument("--out", help="run folder (default: <output.root>/<name>-<timestamp>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (or the latest run of this experiment)")
+    p.add_argument("--smoke", action="store_true",
+                   help="every stage on a few batches for one epoch: checks a file before a long run")
+    p.add_argument("--list", action="store_true", help="list registered names and exit")
+    p.add_argument("--check", action="store_true", help="validate the experiment and exit")
+    return p
+
+
+def list_registered() -> dict[str, list[str]]:
+    """Every registered name per family (timm-style discovery)."""
+    from xkd.data import list_datasets
+    from xkd.distill import list_methods
+    from xkd.explain import list_explainers
+    from xkd.models import list_models
+
+    out = {"datasets": list_datasets(), "models": list_models(), "methods": list_methods(),
+           "explainers": list_explainers()}
+    try:
+        from xkd.metrics import list_metrics
+        out["metrics"] = list_metrics()
+    except ImportError:
+        pass
+    return out
+
+
+def _choose_dir(cfg: Any, args: argparse.Namespace) -> Path:
+    from xkd.runfolder import latest_run_dir, new_run_dir
+
+    if args.out:
+        out = Path(args.out)
+        if args.resume:
+            if not (out / "config.yaml").is_file():
+                raise UserError(f"--resume: {out} is not a run folder (no config.yaml); drop --resume to start one")
+            return out
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"--out {out} already holds files; use --resume to continue it or pick a new folder")
+        return out
+    if args.resume:
+        last = latest_run_dir(cfg.output.root, cfg.name)
+        if last is None:
+            raise UserError(f"--resume: no earlier run of '{cfg.name}' under {cfg.output.root}; pass --out RUN_DIR")
+        return last
+    return new_run_dir(cfg.output.root, cfg.name)
+
+
+def _check_resume_config(run_dir: Path, cfg: Any) -> None:
+    import yaml
+
+    from xkd.config import resolved_dict
+
+    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    stored.pop("format_version", None)
+    stored.pop("seed", None)
+    now = resolved_dict(cfg)
+    for key in now:
+        if key in ("seed", "seeds", "output"):
+            continue
+        if stored.get(key) != now[key]:
+            raise UserError(f"--resume: section '{key}' differs from {run_dir}/config.yaml; "
+                            "resume with the same experiment file and --set values")
+
+
+def _sync_dir(run_dir: Path) -> Path:
+    """Under DDP every rank uses rank 0's folder name."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        obj = [str(run_dir)]
+        dist.broadcast_object_list(obj, src=0)
+        return Path(obj[0])
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    try:
+        if args.list:
+            for family, names in list_registered().items():
+                print(f"{family}: {', '.join(names)}")
+            return 0
+        if not args.experiment:
+            raise UserError("missing EXPERIMENT.yaml; e.g. python -m xkd.run experiments/quickstart.yaml")
+        return _run(args, argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from xkd import config as C
+    from xkd.engine import init_distributed, is_main_process
+    from xkd.preflight import preflight
+
+    cfg = C.load(args.experiment, args.overrides)
+    preflight(cfg, smoke=args.smoke)
+    if args.check:
+        print(f"{args.experiment}: ok")
+        return 0
+    init_distributed()
+    run_dir = _sync_dir(_choose_dir(cfg, args))
+    if args.resume:
+        _check_resume_config(run_dir, cfg)
+    from xkd.session import run_session
+
+    summary = run_session(cfg, run_dir, resume=args.resume, smoke=args.smoke,
+                          argv=["python", "-m", "xkd.run", *argv])
+    if is_main_process():
+        from xkd.summary_table import format_summary
+
+        print(format_summary(summary))
+        print(f"run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
