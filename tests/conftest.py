@@ -1,0 +1,45 @@
+"""Shared test fixtures: small experiment files and a tiny smoke-run folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("XKD_NO_PROGRESS", "1")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def tiny_experiment(**over) -> dict:
+    """A valid experiment mapping that trains in seconds (teacher + ce + kd on shapes)."""
+    exp = {
+        "name": "tiny",
+        "seed": 0,
+        "device": "cpu",
+        "data": {"name": "shapes", "params": {"num_classes": 3, "image_size": 16, "train_size": 48,
+                                               "val_size": 16, "test_size": 16}},
+        "teacher": {"model": {"name": "resnet8"}},
+        "students": [
+            {"name": "ce", "method": "ce", "model": {"name": "resnet8"}},
+            {"name": "kd", "method": "kd", "model": {"name": "resnet8"}, "params": {"T": 4}},
+        ],
+        "train": {"epochs": 1, "batch_size": 16},
+        "evaluate": {"subset_size": 4, "explainers": ["gradcam"]},
+    }
+    exp.update(over)
+    return exp
+
+
+@pytest.fixture
+def write_experiment(tmp_path: Path):
+    """Write a mapping (or raw text) to an experiment file and return its path."""
+
+    def _write(obj, name: str = "exp.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(obj if isinstance(obj, str) else yaml.safe_dump(obj))
+        return p
+
+    return _write
