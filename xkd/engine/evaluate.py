@@ -1,0 +1,80 @@
+"""Predictions and evaluation metrics (DESIGN sections 3 and 7).
+
+:func:`predict` runs a model over a dataset of sample dicts; :func:`evaluate_predictions` gives
+accuracy and cross-entropy (classification) or MAE and MSE (regression); :func:`agreement` gives
+teacher-student top-1 agreement and the mean KL(p_T || p_S) of the softmax outputs (Hinton et al.
+2015; Stanton et al. 2021, "Does Knowledge Distillation Really Work?", section 3, use both).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, device: torch.device | str, batch_size: int = 256,
+            num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (N,K) float32 on CPU, labels (N,))`` in eval mode, no grad; the mode is restored.
+
+    ``model(image)`` must return logits (a :class:`~xkd.models.base.FeatureModel` does). Regression
+    outputs of shape (N,) are returned as (N,1).
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    outs, labels = [], []
+    try:
+        for batch in _loader(dataset, batch_size, num_workers):
+            logits = model(batch["image"].to(device, non_blocking=True))
+            if logits.dim() == 1:
+                logits = logits.unsqueeze(1)
+            outs.append(logits.detach().float().cpu())
+            labels.append(batch["label"].cpu())
+    finally:
+        model.train(was_training)
+    if not outs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor,
+                         task: str = "classification") -> dict[str, float]:
+    """Classification: ``acc`` (fraction in [0, 1]) and ``loss`` (mean cross-entropy);
+    regression: ``mae`` and ``loss`` (mean squared error) of the first output. Both give ``n``."""
+    n = int(labels.shape[0])
+    if n == 0:
+        return {"n": 0}
+    logits = logits.float()
+    if task == "classification":
+        labels = labels.long()
+        acc = (logits.argmax(1) == labels).float().mean().item()
+        loss = F.cross_entropy(logits, labels).item()
+        return {"acc": acc, "loss": loss, "n": n}
+    if task == "regression":
+        pred = logits.reshape(n, -1)[:, 0]
+        target = labels.float().reshape(n)
+        return {"mae": (pred - target).abs().mean().item(),
+                "loss": F.mse_loss(pred, target).item(), "n": n}
+    raise ValueError(f"unknown task '{task}'; allowed: classification, regression")
+
+
+def agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> dict[str, float]:
+    """Top-1 agreement (fraction) and mean over samples of KL(p_T || p_S) at temperature 1."""
+    s = student_logits.float()
+    t = teacher_logits.float()
+    if s.shape != t.shape:
+        raise ValueError(f"student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ")
+    if s.shape[0] == 0:
+        return {"agreement": float("nan"), "kl": float("nan"), "n": 0}
+    agree = (s.argmax(1) == t.argmax(1)).float().mean().item()
+    log_s = F.log_softmax(s, dim=1)
+    log_t = F.log_softmax(t, dim=1)
+    kl = F.kl_div(log_s, log_t, log_target=True, reduction="batchmean").item()
+    return {"agreement": agree, "kl": kl, "n": int(s.shape[0])}

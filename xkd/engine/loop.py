@@ -1,0 +1,128 @@
+"""One training epoch: seeded batches, AMP forward/backward, NaN checks, rank-reduced means.
+
+The distiller's named losses are summed into one objective (DESIGN section 3.4); every step checks
+that all of them are finite on every rank before the backward pass, so a divergence stops all ranks
+at the same step and never reaches the optimiser.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm.auto import tqdm
+
+from xkd.config import TrainConfig
+from xkd.engine import distributed as D
+from xkd.engine.env import derive_seed
+from xkd.errors import UserError
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dataset: Dataset | None = None) -> list[list[int]]:
+    """This rank's batches of sample indices for ``epoch``: a permutation seeded by ``(seed, epoch)``
+    (a :class:`DistributedSampler` with ``set_epoch`` under DDP). A trailing batch of a single
+    sample is dropped (BatchNorm cannot train on it)."""
+    if D.is_distributed():
+        sampler = DistributedSampler(dataset if dataset is not None else range(n), shuffle=True,
+                                     seed=seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+    else:
+        g = torch.Generator().manual_seed(derive_seed(seed, epoch))
+        order = torch.randperm(n, generator=g).tolist()
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches.pop()
+    return batches
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_steps: int, epoch0: int,
+                 opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig,
+                 device: torch.device, use_amp: bool, task: str, bar_desc: str,
+                 on_bad: Callable[[int, str], Exception]) -> dict[str, Any]:
+    """One pass; returns sums over samples of each loss/log, the correct count (or abs error) and n.
+
+    ``epoch0`` is the 0-indexed epoch handed to ``distiller(batch, epoch0)``.
+    """
+    model.train()
+    names: list[str] = []
+    sums: torch.Tensor | None = None
+    log_sums: dict[str, float] = {}
+    n, hits = 0, 0.0
+    params = [p for g in opt.param_groups for p in g["params"]]
+    show = D.is_main_process() and sys.stderr.isatty() and not os.environ.get("XKD_NO_PROGRESS")
+    for i, batch in enumerate(tqdm(loader, total=n_steps, desc=bar_desc, disable=not show, leave=False)):
+        if i >= n_steps:
+            break
+        batch = to_device(batch, device)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            try:
+                out = model(batch, epoch0)
+            except RuntimeError as e:
+                if "find_unused_parameters" not in str(e):
+                    raise
+                raise UserError(f"{type(distiller).__name__} leaves some trainable parameters unused in "
+                                "a step, which DDP cannot reduce; set the class attribute "
+                                "ddp_find_unused_parameters = True") from e
+        if not out.losses:
+            raise UserError(f"{type(distiller).__name__} returned no losses")
+        if not names:
+            names = list(out.losses)
+            sums = torch.zeros(len(names) + 1, dtype=torch.float64)
+        vals = torch.stack([out.losses[k].detach().float().reshape(()) for k in names]).cpu()
+        finite = bool(torch.isfinite(vals).all())
+        if not D.all_ranks_true(finite, device):
+            bad = [k for k, v in zip(names, vals.tolist()) if not math.isfinite(v)]
+            what = (f"loss '{bad[0]}' is {vals[names.index(bad[0])].item()}" if bad
+                    else "a loss is not finite on another rank")
+            raise on_bad(i + 1, what)
+        total = sum(out.losses[k].float() for k in names)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        if cfg.grad_clip is not None:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        bs = int(batch["label"].shape[0])
+        n += bs
+        assert sums is not None
+        sums[:-1] += vals.double() * bs
+        sums[-1] += float(vals.sum()) * bs
+        logits = out.logits.detach().float()
+        if task == "classification":
+            hits += float((logits.argmax(1) == batch["label"]).sum())
+        else:
+            hits += float((logits.reshape(bs, -1)[:, 0] - batch["label"].float()).abs().sum())
+        for k, v in out.logs.items():
+            log_sums[k] = log_sums.get(k, 0.0) + float(v) * bs
+    return {"names": names, "sums": sums, "log_sums": log_sums, "n": n, "hits": hits}
+
+
+def reduce_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """Epoch means over all ranks' samples."""
+    names, logs = stats["names"], sorted(stats["log_sums"])
+    vec = torch.zeros(len(names) + 1 + len(logs) + 2, dtype=torch.float64)
+    if stats["sums"] is not None:
+        vec[: len(names) + 1] = stats["sums"]
+    for j, k in enumerate(logs):
+        vec[len(names) + 1 + j] = stats["log_sums"][k]
+    vec[-2], vec[-1] = stats["hits"], stats["n"]
+    if D.is_distributed():  # gloo reduces CPU tensors; nccl needs the GPU
+        dev = torch.device("cuda", torch.cuda.current_device()) if D.current().backend == "nccl" else "cpu"
+        vec = D.all_reduce_sum(vec.to(dev)).cpu()
+    n = max(float(vec[-1]), 1.0)
+    return {"losses": {k: float(vec[j]) / n for j, k in enumerate(names)},
+            "loss": float(vec[len(names)]) / n,
+            "logs": {k: float(vec[len(names) + 1 + j]) / n for j, k in enumerate(logs)},
+            "hits": float(vec[-2]) / n, "n": int(vec[-1])}

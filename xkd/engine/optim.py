@@ -1,0 +1,119 @@
+"""Optimisers and per-step learning-rate schedules from the ``train`` config (DESIGN section 6).
+
+The schedule is a :class:`torch.optim.lr_scheduler.LambdaLR` over the *optimiser step* count, so
+its ``state_dict`` (including the :class:`LRSchedule` callable's plain-typed attributes) round-trips
+through ``torch.load(weights_only=True)``. With ``S`` steps per epoch, ``E`` epochs,
+``W = round(warmup_epochs * S)`` warm-up steps and step index ``s`` (0-based, the step whose update
+uses the rate), the factor applied to each group's base rate is
+
+* warm-up (``s < W``): ``(s + 1) / W`` (linear; Goyal et al. 2017, "Accurate, Large Minibatch SGD");
+* ``constant``: 1;
+* ``step``: ``gamma ** #{m in milestones : s >= m * S}`` (milestones in epochs);
+* ``cosine``: ``r + (1 - r) * (1 + cos(pi * (s - W) / (E*S - W))) / 2`` with ``r = min_lr / lr``
+  (SGDR without restarts, Loshchilov & Hutter 2017, eq. 5).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from xkd.config import OptimizerConfig, ScheduleConfig
+from xkd.errors import ConfigError
+
+
+def param_groups(distiller: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """Parameter groups: those a distiller declares via ``param_groups()``, then every remaining
+    trainable parameter of ``trainable_modules()`` in one default group.
+
+    A declared group is a dict with ``params`` plus optional optimiser settings (``lr``,
+    ``weight_decay``, ...); a declared ``lr_scale`` multiplies the configured ``lr``. Parameters
+    with ``requires_grad=False`` are skipped, and no parameter appears twice.
+    """
+    seen: set[int] = set()
+    groups: list[dict[str, Any]] = []
+    declared = getattr(distiller, "param_groups", None)
+    for g in (declared() if callable(declared) else []):
+        g = dict(g)
+        params = [p for p in g.pop("params") if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        scale = g.pop("lr_scale", None)
+        if scale is not None:
+            g["lr"] = lr * float(scale)
+        if params:
+            groups.append({"params": params, **g})
+    modules = distiller.trainable_modules() if hasattr(distiller, "trainable_modules") else distiller
+    rest = [p for p in modules.parameters() if p.requires_grad and id(p) not in seen]
+    if rest:
+        groups.insert(0, {"params": rest})
+    if not groups:
+        raise ConfigError("students", "the model has no trainable parameters")
+    return groups
+
+
+def build_optimizer(distiller: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov, weight decay), Adam or AdamW over :func:`param_groups`.
+
+    Weight decay applies to every parameter (BatchNorm and biases included), as in the KD
+    literature's CIFAR recipe; a declared group may set its own ``weight_decay``.
+    """
+    groups = param_groups(distiller, cfg.lr)
+    if cfg.name == "sgd":
+        nesterov = cfg.nesterov and cfg.momentum > 0
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ConfigError("train.optimizer.name", f"unknown optimizer '{cfg.name}'; allowed: sgd, adam, adamw")
+
+
+class LRSchedule:
+    """Callable ``step -> factor``; its attributes are plain ints/floats/lists, so ``LambdaLR``
+    saves them in its ``state_dict`` and they load with ``weights_only=True``."""
+
+    def __init__(self, name: str, steps_per_epoch: int, epochs: int, warmup_epochs: float = 0.0,
+                 milestones: list[int] | None = None, gamma: float = 0.1,
+                 min_factor: float = 0.0) -> None:
+        if steps_per_epoch < 1:
+            raise ConfigError("train.batch_size", "the training set yields no batches")
+        self.name = str(name)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.total_steps = int(epochs) * self.steps_per_epoch
+        self.warmup_steps = int(round(float(warmup_epochs) * self.steps_per_epoch))
+        self.milestone_steps = [int(m) * self.steps_per_epoch for m in (milestones or [])]
+        self.gamma = float(gamma)
+        self.min_factor = float(min_factor)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.name == "constant":
+            return 1.0
+        if self.name == "step":
+            return self.gamma ** sum(1 for m in self.milestone_steps if step >= m)
+        if self.name == "cosine":
+            span = max(self.total_steps - self.warmup_steps, 1)
+            t = min(max(step - self.warmup_steps, 0) / span, 1.0)
+            return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
+        raise ConfigError("train.schedule.name",
+                          f"unknown schedule '{self.name}'; allowed: constant, step, cosine")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleConfig, lr: float,
+                    epochs: int, steps_per_epoch: int) -> LambdaLR:
+    """A per-step :class:`LambdaLR` (call ``.step()`` after every optimiser step)."""
+    if sched.name == "cosine" and sched.min_lr > lr:
+        raise ConfigError("train.schedule.min_lr", f"{sched.min_lr} is above train.optimizer.lr ({lr})")
+    if sched.warmup_epochs > epochs:
+        raise ConfigError("train.schedule.warmup_epochs",
+                          f"{sched.warmup_epochs} is longer than train.epochs ({epochs})")
+    fn = LRSchedule(sched.name, steps_per_epoch, epochs, sched.warmup_epochs, sched.milestones,
+                    sched.gamma, sched.min_lr / lr)
+    fn(0)  # validates the name
+    return LambdaLR(optimizer, lr_lambda=fn)

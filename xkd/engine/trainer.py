@@ -1,0 +1,234 @@
+"""The training loop: ``fit(distiller, ...)`` (DESIGN sections 3.4, 5 and 6).
+
+One engine trains every model: a :class:`~xkd.distill.base.Distiller` returns logits and named
+losses; the engine sums them, optimises ``trainable_modules()`` (plus declared ``param_groups()``),
+evaluates, logs ``history.jsonl`` and checkpoints ``last.pt``/``best.pt`` so ``resume=True``
+continues exactly. Epochs in history, checkpoints and logs are numbered from 1 (``epoch`` = epochs
+completed); ``distiller(batch, epoch)`` receives the 0-indexed epoch (``epoch - 1``), as in the
+ReviewKD warm-up ``min(1, epoch / warmup)`` that is exactly zero in the first epoch.
+Randomness per epoch depends only on ``(seed, epoch, rank)``: the shuffling order and the global
+python/numpy/torch RNGs (augmentation, dropout) are re-seeded at every epoch start. The per-epoch
+step itself (AMP, NaN checks, rank-reduced means) lives in :mod:`xkd.engine.loop`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from xkd import FORMAT_VERSION
+from xkd.config import TrainConfig
+from xkd.engine import checkpoint as ck
+from xkd.engine import distributed as D
+from xkd.engine.env import derive_seed, seed_everything, set_determinism
+from xkd.engine.evaluate import evaluate_predictions, predict
+from xkd.engine.loop import epoch_batches, reduce_stats, train_epoch
+from xkd.engine.optim import build_optimizer, build_scheduler
+from xkd.errors import ConfigError, TrainingDiverged, UserError
+from xkd.io import append_jsonl, read_jsonl, write_text
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit`. ``best_metric`` is ``None`` when there was no validation set."""
+
+    best_metric: float | None
+    best_epoch: int
+    epochs_run: int
+    last_val: dict[str, float]
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metric_name: str = "val_acc"
+    complete: bool = True
+
+
+def _metric_mode(name: str, task: str) -> str:
+    if task == "regression" and name == "val_acc":
+        raise ConfigError("train.select_metric", "'val_acc' does not apply to a regression task; "
+                                                 "use val_mae or val_loss")
+    if task == "classification" and name == "val_mae":
+        raise ConfigError("train.select_metric", "'val_mae' does not apply to a classification "
+                                                 "task; use val_acc or val_loss")
+    return "max" if name.endswith("acc") else "min"
+
+
+def _diverged(desc: str, epoch: int, step: int, what: str, out_dir: Path, good_epoch: int) -> TrainingDiverged:
+    who = f"{desc}: " if desc else ""
+    kept = (f"last good checkpoint {out_dir / ck.LAST} (epoch {good_epoch}) is kept"
+            if good_epoch > 0 else "no checkpoint was written")
+    return TrainingDiverged(f"{who}training diverged at epoch {epoch}, step {step}: {what}; {kept}; "
+                            "lower train.optimizer.lr, add train.schedule.warmup_epochs or set train.grad_clip")
+
+
+def _validate(distiller: nn.Module, val_set: Dataset | None, device: torch.device, batch_size: int,
+              task: str, num_workers: int) -> dict[str, float]:
+    """Validation on rank 0 only (its metrics are broadcast to the other ranks)."""
+    val: dict[str, float] = {}
+    if val_set is not None and D.is_main_process():
+        logits, labels = predict(distiller.student, val_set, device, batch_size, num_workers)
+        m = evaluate_predictions(logits, labels, task)
+        val = {f"val_{k}": float(v) for k, v in m.items() if k != "n"}
+    return D.broadcast_object(val)
+
+
+def _history_until(path: Path, epoch: int) -> list[dict[str, Any]]:
+    """Rows with ``epoch <= epoch``, one per epoch (the file is rewritten without later rows)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for r in read_jsonl(path):
+        if int(r.get("epoch", 0)) <= epoch:
+            rows[int(r["epoch"])] = r
+    kept = [rows[k] for k in sorted(rows)]
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
+
+
+def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
+        out_dir: str | Path, *, device: torch.device, seed: int, deterministic: bool = False,
+        resume: bool = False, task: str = "classification", num_workers: int = 0, desc: str = "",
+        log: Callable[[str], Any] | None = print, stop_after_epoch: int | None = None,
+        on_epoch_end: Callable[[dict[str, Any]], Any] | None = None) -> FitResult:
+    """Train ``distiller`` for ``cfg.epochs`` epochs, writing history and checkpoints to ``out_dir``.
+
+    ``resume=True`` continues from ``out_dir/last.pt`` (a fresh start when there is none; the
+    stored result when it is complete). ``stop_after_epoch`` ends early after that epoch (the run
+    stays resumable). Raises :class:`TrainingDiverged` on a NaN/inf loss, keeping the last good
+    ``last.pt``. Under DDP (:func:`xkd.engine.init_distributed` first) only rank 0 writes files.
+    """
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    main = D.is_main_process()
+    say = (log if (log is not None and main) else (lambda _m: None))
+    metric_name, mode = cfg.select_metric, _metric_mode(cfg.select_metric, task)
+    better = (lambda a, b: b is None or (a > b if mode == "max" else a < b))
+    set_determinism(deterministic)
+    last_path, best_path, hist_path = out_dir / ck.LAST, out_dir / ck.BEST, out_dir / ck.HISTORY
+    train_cfg = cfg.model_dump(mode="json")
+
+    ckpt = ck.read_checkpoint(last_path) if resume and last_path.is_file() else None
+    if ckpt is not None:
+        diff = sorted(k for k in set(train_cfg) | set(ckpt["train_config"])
+                      if train_cfg.get(k) != ckpt["train_config"].get(k))
+        if diff or ckpt["seed"] != seed:
+            what = ", ".join([f"train.{k}" for k in diff] + (["seed"] if ckpt["seed"] != seed else []))
+            raise UserError(f"cannot resume {last_path}: it was written with different {what}; "
+                            "restore those settings or start a new run without --resume")
+        if ckpt["complete"]:
+            say(f"{desc}: already trained ({ckpt['epoch']} epochs), using {last_path}")
+            return FitResult(ckpt["best_metric"], ckpt["best_epoch"], ckpt["epoch"], ckpt["last_val"],
+                             ckpt["seconds"], read_jsonl(hist_path), metric_name, True)
+
+    distiller.to(device)
+    if getattr(distiller, "teacher", None) is not None:
+        distiller.teacher.to(device)
+    n_batches = len(epoch_batches(len(train_set), cfg.batch_size, seed, 1, train_set))
+    n_steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
+    opt = build_optimizer(distiller, cfg.optimizer)
+    sched = build_scheduler(opt, cfg.schedule, cfg.optimizer.lr, cfg.epochs, n_steps)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start, step, best, best_epoch, last_val, spent = 0, 0, None, 0, {}, 0.0
+    history: list[dict[str, Any]] = []
+    if ckpt is not None:
+        try:
+            distiller.trainable_modules().load_state_dict(ckpt["trainable"])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise UserError(f"cannot resume {last_path}: its weights do not fit this model ({first}); "
+                            "start a new run without --resume") from None
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        if use_amp and ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        ck.set_rng_state(ckpt["rng"])
+        start, step, best, best_epoch = ckpt["epoch"], ckpt["step"], ckpt["best_metric"], ckpt["best_epoch"]
+        last_val, spent = dict(ckpt["last_val"]), ckpt["seconds"]
+        if main:
+            history = _history_until(hist_path, start)
+        say(f"{desc}: resuming after epoch {start} from {last_path}")
+    elif main:
+        for p in (last_path, best_path, hist_path):
+            p.unlink(missing_ok=True)
+    D.barrier()
+
+    model: nn.Module = distiller
+    if D.is_distributed():
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        owned = {id(p) for p in distiller.parameters()}
+        if any(id(p) not in owned for p in distiller.trainable_modules().parameters()):
+            raise UserError(f"{type(distiller).__name__}.extra_modules() returns modules that are not "
+                            "attributes of the distiller; DDP cannot synchronise them")
+        model = DDP(distiller, device_ids=[device.index] if device.type == "cuda" else None,
+                    find_unused_parameters=getattr(distiller, "ddp_find_unused_parameters", False))
+
+    rank = D.current().rank
+    epoch = start
+    for epoch in range(start + 1, cfg.epochs + 1):
+        t0 = time.time()
+        seed_everything(derive_seed(seed, epoch, rank, 1))
+        batches = epoch_batches(len(train_set), cfg.batch_size, seed, epoch, train_set)[:n_steps]
+        loader = DataLoader(train_set, batch_sampler=batches, num_workers=num_workers,
+                            pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(derive_seed(seed, epoch, rank, 2)))
+        lr = float(opt.param_groups[0]["lr"])
+        bad = (lambda i, what, e=epoch: _diverged(desc, e, i, what, out_dir, e - 1))
+        stats = train_epoch(model, distiller, loader, len(batches), epoch - 1, opt, sched, scaler, cfg, device,
+                             use_amp, task, f"{desc} {epoch}/{cfg.epochs}".strip(), bad)
+        step += len(batches)
+        D.broadcast_buffers(distiller)
+        if not all(torch.isfinite(p).all() for p in distiller.trainable_modules().parameters()):
+            raise bad(len(batches), "parameters became NaN/inf")
+        agg = reduce_stats(stats)
+        row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "loss": agg["loss"],
+                               "losses": agg["losses"]}
+        row["train_acc" if task == "classification" else "train_mae"] = agg["hits"]
+        if agg["logs"]:
+            row["logs"] = agg["logs"]
+        evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+        improved = False
+        if evaluated:
+            val = _validate(distiller, val_set, device, cfg.batch_size, task, num_workers)
+            if val:
+                last_val = val
+                row.update(val)
+                if metric_name not in val:
+                    raise ConfigError("train.select_metric", f"'{metric_name}' is not among {sorted(val)}")
+                if better(val[metric_name], best):
+                    best, best_epoch, improved = val[metric_name], epoch, True
+            elif val_set is None:
+                best_epoch, improved = epoch, True
+        row["seconds"] = time.time() - t0
+        spent += row["seconds"]
+        complete = epoch == cfg.epochs
+        if main:
+            append_jsonl(hist_path, row)
+            if improved:
+                ck.save_best(best_path, distiller, metric_name, best, epoch)
+            ck.save_last(last_path, distiller=distiller, optimizer=opt, scheduler=sched,
+                         scaler=scaler if use_amp else None, epoch=epoch, step=step, seed=seed,
+                         best_metric=best, best_epoch=best_epoch, last_val=last_val, seconds=spent,
+                         complete=complete, train_config=train_cfg, metric_name=metric_name)
+            history.append({"format_version": FORMAT_VERSION, **row})
+        D.barrier()
+        say(_line(desc, row, cfg.epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    if not main:
+        history = []
+    return FitResult(best, best_epoch, epoch, last_val, spent, history, metric_name, epoch >= cfg.epochs)
+
+
+def _line(desc: str, row: dict[str, Any], epochs: int) -> str:
+    keys = [k for k in ("loss", "train_acc", "train_mae", "val_acc", "val_mae", "val_loss") if k in row]
+    body = " ".join(f"{k} {row[k]:.4f}" for k in keys)
+    return f"{desc + ' ' if desc else ''}epoch {row['epoch']}/{epochs} lr {row['lr']:.4g} {body} ({row['seconds']:.1f} s)"
