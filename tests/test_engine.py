@@ -118,10 +118,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_completed_run_resume_returns_stored_result_without_training(tmp_path):
-    res = _run(make(), tmp_path, train_cfg(epochs=2))
+    first = make()
+    res = _run(first, tmp_path, train_cfg(epochs=2))
     d = make(seed=3)
     d.forward = None  # any training step would fail
     again = _run(d, tmp_path, train_cfg(epochs=2), resume=True)
+    final = state(first)
+    assert all(torch.equal(state(d)[k], final[k]) for k in final)  # the final weights are loaded
     assert (again.best_metric, again.best_epoch, again.epochs_run, again.last_val) == \
            (res.best_metric, res.best_epoch, 2, res.last_val)
     assert [r["epoch"] for r in again.history] == [1, 2]

@@ -96,8 +96,8 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
         on_epoch_end: Callable[[dict[str, Any]], Any] | None = None) -> FitResult:
     """Train ``distiller`` for ``cfg.epochs`` epochs, writing history and checkpoints to ``out_dir``.
 
-    ``resume=True`` continues from ``out_dir/last.pt`` (a fresh start when there is none; the
-    stored result when it is complete). ``stop_after_epoch`` ends early after that epoch (the run
+    ``resume=True`` continues from ``out_dir/last.pt`` (a fresh start when there is none; when it
+    is complete, its final weights are loaded and the stored result returned without training). ``stop_after_epoch`` ends early after that epoch (the run
     stays resumable). Raises :class:`TrainingDiverged` on a NaN/inf loss, keeping the last good
     ``last.pt``. Under DDP (:func:`xkd.engine.init_distributed` first) only rank 0 writes files.
     """
@@ -119,7 +119,9 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
             what = ", ".join([f"train.{k}" for k in diff] + (["seed"] if ckpt["seed"] != seed else []))
             raise UserError(f"cannot resume {last_path}: it was written with different {what}; "
                             "restore those settings or start a new run without --resume")
-        if ckpt["complete"]:
+        if ckpt["complete"]:  # leave the distiller as training left it, on the device
+            distiller.to(device)
+            distiller.trainable_modules().load_state_dict(ckpt["trainable"])
             say(f"{desc}: already trained ({ckpt['epoch']} epochs), using {last_path}")
             return FitResult(ckpt["best_metric"], ckpt["best_epoch"], ckpt["epoch"], ckpt["last_val"],
                              ckpt["seconds"], read_jsonl(hist_path), metric_name, True)
