@@ -17,7 +17,7 @@ def _with(path: list, value):
     exp = tiny_experiment()
     node = exp
     for p in path[:-1]:
-        node = node[p]
+        node = node.setdefault(p, {}) if isinstance(node, dict) else node[p]
     node[path[-1]] = value
     return exp
 

@@ -206,7 +206,7 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
         resolved = resolved_dict(cfg)
         resolved["seed"] = seed
         io.write_yaml(folder.config, resolved)
-        io.write_json(folder.env, environment_info(seed, argv) | {"smoke": smoke})
+        io.write_json(folder.env, environment_info(seed, argv, device=device) | {"smoke": smoke})
     t_start = time.perf_counter()
     teacher, tinfo = train_teacher(ctx)
     models: dict[str, FeatureModel] = {}
