@@ -1,0 +1,317 @@
+"""Explainers: contract properties for every method, equality with Captum called directly,
+hand-worked values on a linear model, model hygiene, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import (DeepLift, InputXGradient, IntegratedGradients, LayerAttribution,
+                         LayerGradCam, NoiseTunnel, Occlusion, Saliency)
+from torch import nn
+
+import xkd.explain as E
+from xkd.config import ExplainConfig
+from xkd.errors import ConfigError, UnknownNameError, UserError
+from xkd.explain.guards import HOOK_DICTS
+from xkd.explain.postprocess import to_map
+from xkd.models.base import Features, FeatureModel
+
+METHODS = E.list_explainers()
+FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"nt_samples": 4, "stdevs": 0.3},
+        "occlusion": {"window": 4, "stride": 4}}
+
+
+class TwoStage(FeatureModel):
+    """Two conv stages with their own nn.ReLU modules; BatchNorm makes train/eval mode visible."""
+
+    def __init__(self, in_ch: int = 3, classes: int = 5) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(in_ch, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16, classes)
+
+    def features(self, x: torch.Tensor) -> Features:
+        a = self.stage1(x)
+        b = self.stage2(a)
+        p = b.mean((2, 3))
+        return Features([a, b], [a, b], p, self.fc(p))
+
+    def stage_layers(self) -> list[nn.Module]:
+        return [self.stage1, self.stage2]
+
+
+class SharedReLU(TwoStage):
+    """One nn.ReLU instance called in both stages (DeepLift cannot handle it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+        self.stage1[2] = nn.Identity()
+        self.stage2[2] = nn.Identity()
+
+    def features(self, x: torch.Tensor) -> Features:
+        a = self.act(self.stage1(x))
+        b = self.act(self.stage2(a))
+        p = b.mean((2, 3))
+        return Features([a, b], [a, b], p, self.fc(p))
+
+
+class FunctionalReLU(TwoStage):
+    def features(self, x: torch.Tensor) -> Features:
+        a = self.stage1(x)
+        b = F.relu(self.stage2[1](self.stage2[0](a)))
+        p = b.mean((2, 3))
+        return Features([a, b], [a, b], p, self.fc(p))
+
+
+class Linear(FeatureModel):
+    """logits = W x + b: every gradient method has a closed form."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def features(self, x: torch.Tensor) -> Features:
+        z = self.fc(x.flatten(1))
+        return Features([x], [x], x.flatten(1), z)
+
+
+@pytest.fixture(scope="module")
+def model() -> TwoStage:
+    torch.manual_seed(0)
+    m = TwoStage()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for _ in range(3):
+            m(torch.randn(8, 3, 16, 16) * 2 + 0.5)
+    return m
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(5, 3, 16, 16, generator=g), torch.tensor([0, 1, 2, 3, 4])
+
+
+def _hooks(m: nn.Module) -> list[tuple[str, str, int]]:
+    return [(n, a, len(getattr(mod, a))) for n, mod in m.named_modules() for a in HOOK_DICTS
+            if getattr(mod, a, None)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_contract_properties_and_model_hygiene(method, model, data):
+    x, t = data
+    model.train()
+    model.stage1[1].eval()  # a mixed mode must come back exactly as it was
+    model.fc.weight.requires_grad_(False)
+    pre_grad = torch.ones_like(model.stage2[0].weight)
+    model.stage2[0].weight.grad = pre_grad
+    buffers = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    try:
+        out = E.build(method, model, **FAST.get(method, {})).explain(x, t)
+        assert out.shape == (5, 1, 16, 16) and out.dtype == torch.float32
+        assert not out.requires_grad and torch.isfinite(out).all() and (out >= 0).all()
+        assert torch.allclose(out.flatten(1).amax(1), torch.ones(5))  # default normalize='max'
+        assert [m.training for m in model.modules()] == modes
+        assert _hooks(model) == []
+        assert model.stage2[0].weight.grad is pre_grad and torch.equal(pre_grad, torch.ones_like(pre_grad))
+        assert all(p.grad is None for n, p in model.named_parameters() if n != "stage2.0.weight")
+        assert [p.requires_grad for p in model.parameters()].count(False) == 1
+        # eval mode while explaining: BatchNorm running statistics untouched
+        assert all(torch.equal(v, buffers[k]) for k, v in model.state_dict().items())
+    finally:
+        model.fc.weight.requires_grad_(True)
+        model.stage2[0].weight.grad = None
+        model.eval()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_equals_per_sample(method, model, data):
+    x, t = data
+    ex = E.build(method, model, max_batch=3, **FAST.get(method, {}))  # chunks of 3 + 2
+    batch = ex.explain(x, t)
+    single = torch.cat([ex.explain(x[i:i + 1], t[i:i + 1]) for i in range(len(x))])
+    assert torch.allclose(batch, single, atol=1e-5, rtol=0)
+
+
+def _norm_max(m: torch.Tensor) -> torch.Tensor:
+    return m / m.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1, 1)
+
+
+def _captum_reference(method: str, m: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The same settings through Captum directly, post-processed here by hand."""
+    m.eval()
+    if method == "saliency":
+        return _norm_max(Saliency(m).attribute(x, target=t, abs=True).amax(1, keepdim=True))
+    if method == "input_x_gradient":
+        return _norm_max(InputXGradient(m).attribute(x, target=t).abs().sum(1, keepdim=True))
+    if method == "integrated_gradients":
+        a = IntegratedGradients(m).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=8)
+        return _norm_max(a.abs().sum(1, keepdim=True))
+    if method == "deeplift":
+        return _norm_max(DeepLift(m).attribute(x, baselines=torch.zeros_like(x), target=t)
+                         .detach().abs().sum(1, keepdim=True))
+    if method == "gradcam":
+        cam = LayerGradCam(m, m.stage2).attribute(x, target=t, relu_attributions=True)
+        return _norm_max(LayerAttribution.interpolate(cam, (16, 16), interpolate_mode="bilinear"))
+    if method == "occlusion":
+        a = Occlusion(m).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), target=t)
+        return _norm_max(a.clamp_min(0).mean(1, keepdim=True))
+    if method == "smoothgrad":
+        outs = []
+        for i in range(len(x)):
+            torch.manual_seed(0)
+            a = NoiseTunnel(Saliency(m)).attribute(x[i:i + 1], nt_type="smoothgrad", nt_samples=4,
+                                                   stdevs=0.3, target=t[i:i + 1], abs=True)
+            outs.append(a.amax(1, keepdim=True))
+        return _norm_max(torch.cat(outs))
+    raise AssertionError(f"no reference for {method}")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("method", METHODS)
+def test_equals_captum_called_directly(method, model, data):
+    x, t = data
+    ours = E.build(method, model, **FAST.get(method, {})).explain(x, t)
+    ref = _captum_reference(method, model, x.clone(), t)
+    assert torch.allclose(ours, ref.detach(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "integrated_gradients", "deeplift"])
+def test_linear_model_closed_form(method):
+    """For logits = W x + b: gradient = W_t, and x*grad = IG(0->x) = DeepLift(0) = x * W_t."""
+    torch.manual_seed(3)
+    m = Linear()
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 3])
+    params = {"normalize": "none", "sign": "all", "channel_pool": "sum"}
+    out = E.build(method, m, **params, **({"n_steps": 4} if method == "integrated_gradients" else {})).explain(x, t)
+    w = m.fc.weight.detach()[t].view(2, 3, 8, 8)
+    expected = w if method == "saliency" else x * w
+    assert torch.allclose(out, expected.sum(1, keepdim=True).abs(), atol=1e-5)
+
+
+def test_postprocessing_rules_hand_worked():
+    a = torch.tensor([[[[1.0, -2.0]], [[3.0, -4.0]]]])  # (1, C=2, 1, 2)
+    assert to_map(a, "abs", "sum", "none").flatten().tolist() == [4.0, 6.0]
+    assert to_map(a, "positive", "max", "none").flatten().tolist() == [3.0, 0.0]
+    assert to_map(a, "negative", "mean", "none").flatten().tolist() == [0.0, 3.0]
+    assert to_map(a, "all", "sum", "none").flatten().tolist() == [4.0, 6.0]  # |(-2) + (-4)|
+    assert torch.allclose(to_map(a, "abs", "l2", "none").flatten(), torch.tensor([10 ** 0.5, 20 ** 0.5]))
+    assert to_map(a, "abs", "sum", "max").flatten().tolist() == pytest.approx([4 / 6, 1.0])
+    assert to_map(a, "abs", "sum", "sum").flatten().tolist() == pytest.approx([0.4, 0.6])
+    assert to_map(a, "abs", "sum", "minmax").flatten().tolist() == [0.0, 1.0]
+    zero = torch.zeros(1, 2, 1, 2)
+    for norm in ("max", "sum", "minmax"):
+        assert to_map(zero, "abs", "sum", norm).eq(0).all()
+
+
+def test_gradcam_layer_by_name_equals_index_and_level(model, data):
+    x, t = data
+    by_index = E.build("gradcam", model, layer=0).explain(x, t)
+    by_name = E.build("gradcam", model, layer="stage1").explain(x, t)
+    assert torch.equal(by_index, by_name)
+    assert E.build("gradcam", model, layer=-1).settings()["params"]["layer"] == "stage2"
+
+
+def test_smoothgrad_seeded_and_leaves_global_rng(model, data):
+    x, t = data
+    state = torch.get_rng_state()
+    a = E.build("smoothgrad", model, seed=7, nt_samples=3).explain(x, t)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = E.build("smoothgrad", model, seed=7, nt_samples=3).explain(x, t)
+    c = E.build("smoothgrad", model, seed=8, nt_samples=3).explain(x, t)
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_caller_contexts_autocast_no_grad_inference_mode(model, data):
+    x, t = data
+    ex = E.build("gradcam", model)
+    plain = ex.explain(x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = ex.explain(x, t)
+    assert amp.dtype == torch.float32 and torch.equal(plain, amp)
+    with torch.no_grad():
+        assert torch.equal(ex.explain(x, t), plain)
+    with torch.inference_mode():
+        xi = x.clone()
+        assert torch.equal(ex.explain(xi, t), plain)
+
+
+def test_build_from_config_and_memory_knob(model, data):
+    x, t = data
+    cfg = ExplainConfig(method="integrated_gradients", params={"n_steps": 8}, max_batch=2)
+    ex = E.build_from_config(cfg, model)
+    assert ex.max_batch == 2 and ex.params.n_steps == 8
+    assert torch.allclose(ex.explain(x, t), E.build("integrated_gradients", model, n_steps=8,
+                                                    max_batch=64).explain(x, t), atol=1e-5)
+
+
+def test_errors_are_clear(model, data):
+    x, t = data
+    with pytest.raises(ConfigError, match=r"explain\.params\.layer.*stage indices -2\.\.1.*stage2"):
+        E.build("gradcam", model, layer=5)
+    with pytest.raises(ConfigError, match=r"explain\.params\.layer: unknown layer 'nope'.*stage1"):
+        E.build("gradcam", model, layer="nope")
+    with pytest.raises(UnknownNameError, match=r"explain\.method.*'gradcamm'.*gradcam.*saliency"):
+        E.build("gradcamm", model)
+    with pytest.raises(ConfigError, match=r"^explain\.params\.n_step: unknown key"):
+        E.build("integrated_gradients", model, n_step=3)
+    with pytest.raises(ConfigError, match=r"^explain\.params\.n_steps"):
+        E.build("integrated_gradients", model, n_steps=0)
+    with pytest.raises(ConfigError, match=r"^explain\.params\.channel_pool"):
+        E.build("saliency", model, channel_pool="median")
+    with pytest.raises(ConfigError, match=r"^evaluate\.params\.sign"):
+        E.build_from_config(ExplainConfig(method="gradcam", params={"sign": "abs"}), model, path="evaluate")
+    with pytest.raises(UserError, match="target must be a \\(B,\\) integer"):
+        E.build("saliency", model).explain(x, t[:2])
+
+
+def test_resolve_targets():
+    labels = torch.tensor([2, 0])
+    t_logits = torch.tensor([[0.0, 1.0, 0.0], [3.0, 0.0, 0.0]])
+    m_logits = torch.tensor([[0.0, 0.0, 5.0], [0.0, 0.0, 1.0]])
+    assert E.resolve_targets("label", labels).tolist() == [2, 0]
+    assert E.resolve_targets("teacher_top1", labels, teacher_logits=t_logits).tolist() == [1, 0]
+    assert E.resolve_targets("predicted", labels, t_logits, model_logits=m_logits).tolist() == [2, 2]
+    with pytest.raises(UserError, match="unknown target rule 'top5'; allowed: label, teacher_top1, predicted"):
+        E.resolve_targets("top5", labels)
+    with pytest.raises(UserError, match="needs the teacher's logits"):
+        E.resolve_targets("teacher_top1", labels)
+    with pytest.raises(UserError, match="integer class labels"):
+        E.resolve_targets("label", torch.tensor([0.5, 1.5]))
+
+
+@pytest.mark.parametrize("bad", [SharedReLU, FunctionalReLU])
+def test_deeplift_refuses_models_it_cannot_handle(bad, data):
+    x, t = data
+    torch.manual_seed(0)
+    m = bad().eval()
+    with pytest.raises(UserError, match="deeplift needs distinct activation modules"):
+        E.build("deeplift", m).explain(x, t)
+    assert _hooks(m) == [] and not m.training
+    E.build("saliency", m).explain(x, t)  # other explainers still work on it
+
+
+def test_deeplift_refuses_aliased_activation(data):
+    x, t = data
+    m = TwoStage().eval()
+    m.act_alias = m.stage2[2]  # the same module under two names: Captum would hook it twice
+    with pytest.raises(UserError, match="registered under several names: 'stage2.2' = 'act_alias'"):
+        E.build("deeplift", m).explain(x, t)
+
+
+def test_deeplift_inplace_relu_restored(model, data):
+    x, t = data
+    ref = E.build("deeplift", model).explain(x, t)
+    for mod in model.modules():
+        if isinstance(mod, nn.ReLU):
+            mod.inplace = True
+    try:
+        out = E.build("deeplift", model).explain(x, t)
+        assert all(mod.inplace for mod in model.modules() if isinstance(mod, nn.ReLU))
+    finally:
+        for mod in model.modules():
+            if isinstance(mod, nn.ReLU):
+                mod.inplace = False
+    assert torch.allclose(out, ref, atol=1e-6)

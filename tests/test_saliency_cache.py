@@ -1,0 +1,212 @@
+"""Saliency cache: build once then load without recomputing; stale, corrupt, truncated, missing
+and interrupted caches are rebuilt, never used; explicit loads refuse another teacher."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+import xkd.explain as E
+from xkd.config import ExplainConfig
+from xkd.errors import UserError
+from xkd.explain.explainers import Explainer
+from xkd.models.base import Features, FeatureModel
+
+
+class Tiny(FeatureModel):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 3)
+
+    def features(self, x: torch.Tensor) -> Features:
+        a = self.stage1(x)
+        b = self.stage2(a)
+        p = b.mean((2, 3))
+        return Features([a, b], [a, b], p, self.fc(p))
+
+    def stage_layers(self) -> list[nn.Module]:
+        return [self.stage1, self.stage2]
+
+
+class Images(Dataset):
+    """Deterministic sample dicts (image, label, index), like the xkd datasets return."""
+
+    def __init__(self, n: int = 10, size: int = 16) -> None:
+        g = torch.Generator().manual_seed(5)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        self.y = torch.arange(n) % 3
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.x[i], "label": self.y[i], "index": torch.tensor(i)}
+
+
+@pytest.fixture
+def teacher() -> Tiny:
+    torch.manual_seed(0)
+    return Tiny()
+
+
+@pytest.fixture
+def calls(monkeypatch) -> list[int]:
+    """Counts explainer invocations (batch sizes) to prove a hit recomputes nothing."""
+    seen: list[int] = []
+    original = Explainer.explain
+
+    def counting(self, x, target):
+        seen.append(len(x))
+        return original(self, x, target)
+
+    monkeypatch.setattr(Explainer, "explain", counting)
+    return seen
+
+
+CFG = ExplainConfig(method="gradcam", target="teacher_top1", max_batch=4)
+
+
+def _build(root, teacher, cfg=CFG, data=None):
+    return E.SaliencyCache.build_or_load(root, teacher, data or Images(), cfg, "images:n=10:seed=5",
+                                         device="cpu", batch_size=4, progress=False)
+
+
+def _expected(teacher, cfg=CFG):
+    d = Images()
+    with torch.no_grad():
+        top1 = teacher.eval()(d.x).argmax(1)
+    t = d.y if cfg.target == "label" else top1
+    return E.build_from_config(cfg, teacher).explain(d.x, t)
+
+
+def test_build_then_load_hits_without_recompute(tmp_path, teacher, calls, caplog):
+    first = _build(tmp_path, teacher)
+    assert first.status == "built" and first.reason == "missing" and sum(calls) == 10
+    assert len(first) == 10 and first.array.shape == (10, 1, 16, 16) and first.array.dtype == np.float16
+    m = first[3]
+    assert m.shape == (1, 16, 16) and m.dtype == torch.float32
+    assert torch.allclose(first.batch(torch.arange(10)), _expected(teacher), atol=1e-3)
+    calls.clear()
+    with caplog.at_level(logging.INFO, logger="xkd.explain.cache"):
+        second = _build(tmp_path, teacher)
+    assert second.status == "loaded" and calls == [] and "hit" in caplog.text
+    assert second.key == first.key and second.path == first.path
+    assert np.array_equal(np.asarray(second.array), np.asarray(first.array))
+    index = json.loads((tmp_path / "index.json").read_text())
+    entry = index["caches"][first.key]
+    assert index["format_version"] >= 1 and entry["complete"] is True
+    assert entry["shape"] == [10, 1, 16, 16] and entry["dtype"] == "float16" and len(entry["sha256"]) == 64
+    assert not list(tmp_path.glob(".*"))  # no temporary files left behind
+
+
+def test_several_caches_share_a_root(tmp_path, teacher, calls):
+    grad = _build(tmp_path, teacher)
+    sal_cfg = ExplainConfig(method="saliency", target="label", max_batch=4)
+    sal = _build(tmp_path, teacher, sal_cfg)
+    assert sal.key != grad.key and sal.path != grad.path
+    assert torch.allclose(sal.batch(range(10)), _expected(teacher, sal_cfg), atol=1e-3)
+    calls.clear()
+    assert _build(tmp_path, teacher).status == "loaded" and _build(tmp_path, teacher, sal_cfg).status == "loaded"
+    assert calls == []
+    label_cfg = ExplainConfig(method="gradcam", target="label", max_batch=4)
+    assert _build(tmp_path, teacher, label_cfg).key != grad.key  # the target rule is part of the key
+
+
+def test_stale_teacher_weights_rebuild(tmp_path, teacher, calls, caplog):
+    old = _build(tmp_path, teacher)
+    with torch.no_grad():
+        teacher.fc.bias.add_(0.5)
+    calls.clear()
+    with caplog.at_level(logging.WARNING, logger="xkd.explain.cache"):
+        new = _build(tmp_path, teacher)
+    assert new.status == "built" and "stale" in new.reason and "stale" in caplog.text
+    assert sum(calls) == 10 and new.key != old.key and not old.path.exists()
+    assert list(json.loads((tmp_path / "index.json").read_text())["caches"]) == [new.key]
+    assert torch.allclose(new.batch(range(10)), _expected(teacher), atol=1e-3)
+
+
+@pytest.mark.parametrize("where", ["middle", "last"])
+def test_flipped_bytes_detected_and_rebuilt(tmp_path, teacher, calls, where):
+    good = _build(tmp_path, teacher)
+    ref = np.array(good.array)
+    del good
+    raw = bytearray((tmp_path / next(p.name for p in tmp_path.glob("*.npy"))).read_bytes())
+    pos = len(raw) // 2 if where == "middle" else len(raw) - 1
+    raw[pos] ^= 0x10
+    path = next(tmp_path.glob("*.npy"))
+    path.write_bytes(bytes(raw))
+    calls.clear()
+    again = _build(tmp_path, teacher)
+    assert again.status == "built" and "corrupt" in again.reason and sum(calls) == 10
+    assert np.array_equal(np.asarray(again.array), ref)
+
+
+def test_truncated_and_missing_files_rebuilt(tmp_path, teacher, calls):
+    c = _build(tmp_path, teacher)
+    path = c.path
+    del c
+    path.write_bytes(path.read_bytes()[:-100])
+    again = _build(tmp_path, teacher)
+    assert again.status == "built" and "truncated" in again.reason
+    path.unlink()
+    assert _build(tmp_path, teacher).status == "built"
+    assert _build(tmp_path, teacher).status == "loaded"
+
+
+def test_interrupted_build_is_marked_incomplete_and_rebuilt(tmp_path, teacher, monkeypatch):
+    original = Explainer.explain
+    n = []
+
+    def dies(self, x, target):
+        n.append(1)
+        if len(n) == 2:
+            raise KeyboardInterrupt
+        return original(self, x, target)
+
+    monkeypatch.setattr(Explainer, "explain", dies)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path, teacher)
+    entry = next(iter(json.loads((tmp_path / "index.json").read_text())["caches"].values()))
+    assert entry["complete"] is False and not list(tmp_path.glob("*.npy")) and not list(tmp_path.glob(".*"))
+    monkeypatch.setattr(Explainer, "explain", original)
+    again = _build(tmp_path, teacher)
+    assert again.status == "built" and "incomplete" in again.reason
+
+
+def test_load_existing_checks_teacher_and_file(tmp_path, teacher):
+    c = _build(tmp_path, teacher)
+    assert E.load_existing(tmp_path, c.key[:12], teacher).path == c.path
+    other = Tiny()
+    with pytest.raises(UserError, match="cache was built for another teacher"):
+        E.load_existing(tmp_path, c.key, other)
+    with pytest.raises(UserError, match="no saliency cache with key 'feedbeef'"):
+        E.load_existing(tmp_path, "feedbeef")
+    raw = bytearray(c.path.read_bytes())
+    raw[-7] ^= 1
+    c.path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="corrupt"):
+        E.load_existing(tmp_path, c.key, teacher)
+
+
+def test_pickles_for_dataloader_workers(tmp_path, teacher):
+    c = _build(tmp_path, teacher)
+    clone = pickle.loads(pickle.dumps(c))
+    assert len(pickle.dumps(c)) < 2000  # the memmap is reopened, not copied
+    assert torch.equal(clone[7], c[7])
+
+
+def test_teacher_hash_sees_every_tensor(teacher):
+    h = E.teacher_hash(teacher)
+    assert h == E.teacher_hash(teacher)
+    with torch.no_grad():
+        teacher.stage1[0].weight[0, 0, 0, 0] += 1e-6
+    assert E.teacher_hash(teacher) != h
