@@ -1,0 +1,56 @@
+"""Distillation methods (DESIGN section 3.4): one file per method, each registered in ``METHODS``.
+
+``build_distiller(method, student, teacher, params, context)`` validates ``params`` (a dict or the
+method's pydantic model) and builds the :class:`Distiller`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from xkd.distill.base import (METHODS, DistillContext, Distiller, MethodParams, StepOutput,
+                              list_methods)
+from xkd.distill import ce, e2kd, kd, reviewkd  # noqa: F401  (registration)
+from xkd.errors import ConfigError, UserError
+from xkd.models.base import FeatureModel
+
+__all__ = ["METHODS", "Distiller", "StepOutput", "DistillContext", "MethodParams", "list_methods",
+           "build_distiller"]
+
+
+def _validation_error(e: ValidationError, prefix: str) -> ConfigError:
+    err = e.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    path = f"{prefix}.{loc}" if loc else prefix
+    msg = err["msg"].replace("Value error, ", "")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown parameter; check the spelling"
+    elif "input" in err and not isinstance(err["input"], (dict, list)):
+        msg = f"{msg} (got {err['input']!r})"
+    return ConfigError(path, msg)
+
+
+def build_distiller(method: str, student: FeatureModel, teacher: FeatureModel | None,
+                    params: dict[str, Any] | BaseModel | None, context: DistillContext) -> Distiller:
+    """Build a registered method; dict params are validated (errors name ``<path>.params.<field>``).
+
+    ``context.extras['path']`` (e.g. ``students[1]``) prefixes error paths when present.
+    """
+    where = str(context.extras.get("path", "")) or method
+    entry = METHODS.entry(method, path=f"{where}.method")
+    if params is None:
+        params = {}
+    if isinstance(params, dict):
+        try:
+            params = entry.params.model_validate(params) if entry.params is not None else params
+        except ValidationError as e:
+            raise _validation_error(e, f"{where}.params") from None
+    elif entry.params is not None and not isinstance(params, entry.params):
+        raise UserError(f"{where}.params: expected {entry.params.__name__}, got "
+                        f"{type(params).__name__}")
+    if entry.meta.get("needs_teacher", True) and teacher is None:
+        raise UserError(f"{where}: method '{method}' needs a teacher; add a 'teacher' section or "
+                        f"use method 'ce'")
+    return entry.factory(student, teacher, params, context)

@@ -1,0 +1,153 @@
+"""Teacher saliency -> per-level weight maps for the saliency-weighted HCL (DESIGN 3.5; notes 7.2-7.4).
+
+For a level of size h×w: M_j = area-resize(M, h×w) (adaptive average pooling when shrinking,
+bilinear when enlarging); Ŵ_j = M_j / mean_hw(M_j) per sample, uniform (1) where the map is all
+zero (mean < eps) or the sample is gated; W_j = (1 − a) + a · Ŵ_j with a = ``saliency_mix``.
+
+Options: ``shuffle`` gives every sample another sample's map (a random derangement of the batch,
+the "where vs. merely re-weighting" control); ``gate_wrong`` makes the weights uniform where the
+teacher's top-1 is wrong; ``gate_diffuse`` makes them uniform where the normalised entropy of the
+map, H(M/ΣM)/log(N), exceeds the threshold. Level-specific maps (``per_stage``) are the teacher's
+Grad-CAM at each paired stage (Captum LayerGradCam, one teacher forward+backward per level).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xkd.distill.gradcam import captum_gradcam
+from xkd.errors import UserError
+
+EPS = 1e-12
+TARGET_RULES = ("label", "teacher_top1", "predicted")
+
+
+def resolve_target(rule: str, labels: torch.Tensor, teacher_logits: torch.Tensor,
+                   task: str = "classification") -> torch.Tensor:
+    """Class explained for the teacher: the label or its top-1 ('predicted' = the teacher's own top-1).
+
+    For regression the single output (index 0) is explained.
+    """
+    if task != "classification":
+        return torch.zeros(teacher_logits.shape[0], dtype=torch.long, device=teacher_logits.device)
+    if rule == "label":
+        return labels.long()
+    if rule in ("teacher_top1", "predicted"):
+        return teacher_logits.argmax(dim=1)
+    raise UserError(f"target rule '{rule}' is not supported; allowed: {', '.join(TARGET_RULES)}")
+
+
+def resize_map(m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area-downsample (adaptive average pooling) or bilinearly enlarge a (B,1,H,W) map to ``size``."""
+    h, w = m.shape[-2:]
+    if (h, w) == tuple(size):
+        return m
+    if size[0] <= h and size[1] <= w:
+        return F.adaptive_avg_pool2d(m, size)
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
+def normalised_entropy(m: torch.Tensor) -> torch.Tensor:
+    """H(p)/log(N) per sample for p = M/ΣM over the N pixels (1 for an all-zero map)."""
+    flat = m.flatten(1).clamp_min(0)
+    n = flat.shape[1]
+    if n < 2:
+        return torch.ones(flat.shape[0], device=m.device)
+    total = flat.sum(dim=1, keepdim=True)
+    p = flat / total.clamp_min(EPS)
+    ent = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=1) / math.log(n)
+    return torch.where(total[:, 0] > EPS, ent, torch.ones_like(ent))
+
+
+def derangement(n: int, device: torch.device | str = "cpu",
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random permutation with no fixed point (n ≥ 2): sample order[k] gets order[k+1]'s map."""
+    order = torch.randperm(n, generator=generator)
+    perm = torch.empty_like(order)
+    perm[order] = order.roll(-1)
+    return perm.to(device)
+
+
+def level_weights(m: torch.Tensor, size: tuple[int, int], mix: float,
+                  uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """W_j (B,1,h,w) = (1 − mix) + mix · M_j / mean(M_j); rows in ``uniform`` (B,) bool get 1."""
+    mj = resize_map(m.float().clamp_min(0), size)
+    mean = mj.mean(dim=(1, 2, 3), keepdim=True)
+    flat = (mean < EPS) | ~torch.isfinite(mean)
+    if uniform is not None:
+        flat = flat | uniform.view(-1, 1, 1, 1)
+    w_hat = torch.where(flat, torch.ones_like(mj), mj / mean.clamp_min(EPS))
+    return (1.0 - mix) + mix * w_hat
+
+
+class SaliencyWeighting:
+    """Builds the weight pyramid of one batch for the weighted ReviewKD.
+
+    ``source`` order: level-specific teacher Grad-CAM (``levels='per_stage'``), else
+    ``batch['saliency']`` (cached, jointly augmented), else the online ``explainer`` set by
+    :meth:`set_explainer`; none of them -> :class:`UserError`.
+    """
+
+    def __init__(self, mix: float, shuffle: bool, gate_wrong: bool, gate_diffuse: float | None,
+                 levels: str, target_rule: str, task: str) -> None:
+        self.mix, self.shuffle, self.gate_wrong = mix, shuffle, gate_wrong
+        self.gate_diffuse, self.levels, self.task = gate_diffuse, levels, task
+        self.target_rule = target_rule
+        self.explainer: Any = None
+
+    def set_explainer(self, explainer: Any, target_rule: str) -> None:
+        if target_rule not in TARGET_RULES:
+            raise UserError(f"target rule '{target_rule}' is not supported; allowed: "
+                            f"{', '.join(TARGET_RULES)}")
+        self.explainer, self.target_rule = explainer, target_rule
+
+    def _gate(self, maps: torch.Tensor, labels: torch.Tensor | None,
+              teacher_logits: torch.Tensor) -> torch.Tensor:
+        uniform = torch.zeros(maps.shape[0], dtype=torch.bool, device=maps.device)
+        if self.gate_wrong and labels is not None:
+            uniform |= teacher_logits.argmax(dim=1) != labels.to(maps.device).long()
+        if self.gate_diffuse is not None:
+            uniform |= normalised_entropy(maps) > self.gate_diffuse
+        return uniform
+
+    def input_map(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor) -> torch.Tensor:
+        """The input-level map M (B,1,H,W): cached in the batch, or explained online."""
+        if "saliency" in batch:
+            return batch["saliency"].detach().float()
+        if self.explainer is None:
+            raise UserError("reviewkd with saliency_mix > 0 needs teacher saliency: the batch has "
+                            "no 'saliency' and no explainer was set (set_teacher_explainer)")
+        target = resolve_target(self.target_rule, batch["label"], teacher_logits, self.task)
+        return self.explainer.explain(batch["image"], target).detach().float()
+
+    def weights(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor,
+                sizes: list[tuple[int, int]], teacher: nn.Module | None = None,
+                layers: list[nn.Module] | None = None
+                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """One weight map per spatial level (``sizes`` shallow -> deep) and cheap diagnostics.
+
+        ``teacher`` and its paired stage ``layers`` are needed for ``levels='per_stage'``.
+        """
+        labels = batch.get("label") if self.task == "classification" else None
+        if self.levels == "per_stage":
+            if teacher is None or layers is None or len(layers) != len(sizes):
+                raise ValueError("per_stage saliency needs the teacher and one layer per level")
+            target = resolve_target(self.target_rule, batch["label"], teacher_logits, self.task)
+            maps = [captum_gradcam(teacher, layer, batch["image"], target) for layer in layers]
+        else:
+            maps = [self.input_map(batch, teacher_logits)]
+        if self.shuffle and maps[0].shape[0] > 1:
+            perm = derangement(maps[0].shape[0], device=maps[0].device)
+            maps = [m[perm] for m in maps]
+        gates = [self._gate(m, labels, teacher_logits) for m in maps]
+        if len(maps) == 1:
+            maps, gates = maps * len(sizes), gates * len(sizes)
+        out = [level_weights(m, size, self.mix, g) for m, g, size in zip(maps, gates, sizes)]
+        diag = {"sal_uniform_frac": torch.stack([g.float().mean() for g in gates]).mean(),
+                "sal_peak": out[0].flatten(1).amax(dim=1).mean()}
+        return out, diag
