@@ -182,3 +182,23 @@ def test_weighted_review_is_sum_of_weighted_levels():
         w = m / m.mean(dim=(1, 2, 3), keepdim=True)
         total = total + weighted_hcl(u, t, w)
     assert got.item() == pytest.approx(2.0 * total.item(), rel=1e-5)
+
+
+def test_online_xkd_explainer_matches_cached_maps():
+    from xkd.explain import build as build_explainer
+
+    teacher, student = _pair()
+    ctx = DistillContext(example=torch.randn(1, 3, 16, 16), num_classes=5)
+    d = build_distiller("reviewkd", student, teacher, {"saliency_mix": 0.8, "warmup_epochs": 0}, ctx)
+    d.eval()
+    b = _batch()
+    del b["saliency"]
+    explainer = build_explainer("gradcam", teacher)
+    d.set_teacher_explainer(explainer, "label")
+    online = d(b, 0).losses["review"]
+    cached = d(dict(b, saliency=explainer.explain(b["image"], b["label"])), 0).losses["review"]
+    assert online.item() == pytest.approx(cached.item(), rel=1e-6)
+    d.set_teacher_explainer(explainer, "teacher_top1")
+    top1 = teacher(b["image"]).argmax(1)
+    other = d(dict(b, saliency=explainer.explain(b["image"], top1)), 0).losses["review"]
+    assert d(b, 0).losses["review"].item() == pytest.approx(other.item(), rel=1e-6)

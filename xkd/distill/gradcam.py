@@ -37,9 +37,11 @@ def differentiable_gradcam(activations: torch.Tensor, logits: torch.Tensor, targ
 
 def captum_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: torch.Tensor,
                    out_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Detached Captum LayerGradCam (ReLU) at ``layer`` for ``target``, float32, optionally upsampled."""
-    with torch.enable_grad():
-        cam = LayerGradCam(model, layer).attribute(x, target=target.long(), relu_attributions=True)
+    """Detached Captum LayerGradCam (ReLU) at ``layer`` for ``target``, float32 (autocast off),
+    optionally upsampled bilinearly to ``out_size``."""
+    with torch.enable_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+        cam = LayerGradCam(model, layer).attribute(x.detach().float(), target=target.long(),
+                                                   relu_attributions=True)
     cam = cam.detach().float()
     if out_size is not None and tuple(cam.shape[-2:]) != tuple(out_size):
         cam = LayerAttribution.interpolate(cam, tuple(out_size), interpolate_mode="bilinear")
