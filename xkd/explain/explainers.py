@@ -10,7 +10,8 @@ and hooks are as before (:func:`~xkd.explain.guards.model_guard`).
 The memory knob ``max_batch`` bounds how many images go through the model in one forward pass:
 the outer batch is cut into chunks, and within a chunk it becomes Captum's
 ``internal_batch_size`` (IG), ``nt_samples_batch_size`` (SmoothGrad) or ``perturbations_per_eval``
-(Occlusion). Every map depends only on its own image, never on the batch it came in.
+(Occlusion; SmoothGrad and Occlusion take one image per call). Every map depends only on its own
+image, never on the batch it came in.
 """
 
 from __future__ import annotations
@@ -178,10 +179,17 @@ class GradCamExplainer(Explainer):
 
 @EXPLAINERS.register("occlusion", params=P.OcclusionParams)
 class OcclusionExplainer(Explainer):
-    """Captum ``Occlusion``, zero baseline, square window over all channels;
-    ``perturbations_per_eval = max_batch // chunk``."""
+    """Captum ``Occlusion``, zero baseline, square window over all channels.
+
+    One image per call with ``perturbations_per_eval = max_batch``: the same number of forwards as
+    batching images, and a map that is bit-identical whatever batch its image came in (occlusion
+    scores are differences of nearly equal logits, so batch-size-dependent rounding would show).
+    """
 
     method = "occlusion"
+
+    def chunk_size(self) -> int:
+        return 1
 
     def _attribute(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         p = self.params
@@ -189,7 +197,7 @@ class OcclusionExplainer(Explainer):
         return Occlusion(self.model).attribute(
             x, sliding_window_shapes=(c, min(p.window, h), min(p.window, w)),
             strides=(c, p.stride, p.stride), baselines=0.0, target=t,
-            perturbations_per_eval=max(1, self.max_batch // x.shape[0]))
+            perturbations_per_eval=self.max_batch)
 
 
 @EXPLAINERS.register("deeplift", params=P.DeepLiftParams)
