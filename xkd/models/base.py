@@ -39,7 +39,15 @@ class StageInfo:
 
 
 class FeatureModel(nn.Module):
-    """Base class: subclasses implement :meth:`features` and :meth:`stage_layers`."""
+    """Base class: subclasses implement :meth:`features` and :meth:`stage_layers`.
+
+    ``preact_relation`` says how ``preact`` relates to ``stages``: ``"relu"`` means
+    ``stages[i] == relu(preact[i])`` (ReLU nets: preact is the pre-ReLU map ReviewKD taps on the
+    teacher); ``"identity"`` means no activation follows the stage, so ``preact[i] is stages[i]``
+    (torchvision/user adapters, linear-bottleneck MobileNetV2 stages).
+    """
+
+    preact_relation: str = "relu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).logits

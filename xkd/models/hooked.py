@@ -1,0 +1,269 @@
+"""A FeatureModel around any classifier ``nn.Module``: stages discovered by a dry run, read by hooks.
+
+Used for torchvision models (``tv:NAME``) and for user factories returning a plain module.
+
+Discovery (:func:`discover`): one eval-mode forward pass on a (1, C, S, S) input with pre- and
+post-forward hooks on every submodule records each call's start/end order, input and output.
+Only calls that end before the classifier head starts are considered: the final ``nn.Linear``,
+or a global pooling layer that no convolution follows (ConvNeXt's ``avgpool``).
+
+* A *downsampler* is a call whose 4-D output is spatially smaller than its 4-D input (global
+  pooling layers such as squeeze-excitation's ``AdaptiveAvgPool2d`` are ignored).
+* For each input resolution R of a downsampler, taken in start order (outermost first), the stage
+  of R is the module that produced the downsampler's input tensor (the outermost one, called
+  exactly once: a reused module such as torchvision's per-block ``relu`` cannot be hooked
+  unambiguously); failing that, the last module with an output at R that ended before the
+  downsampler started. So torchvision ResNets give ``layer1..layer4`` (also for Bottleneck nets,
+  whose next block starts with a 1x1 conv at the old resolution), VGG the ReLU before each pool.
+* The last stage is the last module with an output at the smallest downsampled resolution.
+* Only resolutions seen by NCHW layers (Conv2d, BatchNorm2d, pooling) count, so channels-last
+  tensors inside e.g. ConvNeXt blocks are ignored; so are Linear layers and global pools.
+* With ``drop_stem`` leading stages that are already downsampled and hold at most one
+  convolution (an ImageNet stem: conv-s2, max-pool) are dropped.
+
+``pooled`` is the input of the final Linear (of the Dropout right before it, when there is one,
+so dropout does not leak into it); without a Linear it is the global average of the last stage.
+``preact`` is ``stages`` (``preact_relation = "identity"``): the hooked outputs are whatever the
+stage modules return, no pre-activation is available in general.
+
+Hooks are attached for the duration of one :meth:`HookedFeatureModel.features` call (never left on
+the module, so ``copy.deepcopy`` and pickling stay clean). ``stage_layers()`` returns the very
+modules that are hooked, so Captum's LayerGradCam on them sees exactly ``features().stages``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from xkd.errors import UserError
+from xkd.models.base import FeatureModel, Features
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_NCHW = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d)
+
+
+def output_logits(out: Any) -> torch.Tensor:
+    """The logits of a classifier output: a tensor, ``.logits`` (Inception/GoogLeNet) or ``[0]``."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits") and isinstance(out.logits, torch.Tensor):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise UserError(f"the model returned {type(out).__name__}; expected a logits tensor")
+
+
+def _first_tensor(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    return None
+
+
+@dataclass
+class Call:
+    """One module call of the dry run (tensors kept alive so identity checks are sound)."""
+
+    name: str
+    module: nn.Module
+    start: int
+    end: int = -1
+    tin: torch.Tensor | None = None
+    tout: torch.Tensor | None = None
+
+    def res(self, t: torch.Tensor | None) -> tuple[int, int] | None:
+        return (int(t.shape[2]), int(t.shape[3])) if t is not None and t.dim() == 4 else None
+
+
+@dataclass
+class Discovery:
+    """What a dry run found: stage module names, the module whose input is ``pooled``, logit width."""
+
+    stage_names: list[str]
+    pooled_name: str | None
+    num_logits: int
+
+
+def _area(r: tuple[int, int]) -> int:
+    return r[0] * r[1]
+
+
+def _record(net: nn.Module, x: torch.Tensor, label: str) -> tuple[list[Call], torch.Tensor]:
+    calls: list[Call] = []
+    stack: list[Call] = []
+    tick = [0]
+
+    def pre(name: str):
+        def hook(mod: nn.Module, inp: Any) -> None:
+            tick[0] += 1
+            c = Call(name, mod, tick[0], tin=_first_tensor(inp))
+            stack.append(c)
+            calls.append(c)
+        return hook
+
+    def post(mod: nn.Module, inp: Any, out: Any) -> None:
+        tick[0] += 1
+        c = stack.pop()
+        c.end, c.tout = tick[0], _first_tensor(out)
+
+    handles = []
+    for n, m in net.named_modules():
+        if n:
+            handles += [m.register_forward_pre_hook(pre(n)), m.register_forward_hook(post)]
+    was_training = net.training
+    net.eval()
+    try:
+        logits = output_logits(net(x))
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure here is an unusable architecture/size
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"{label} failed on a dry run with input {tuple(x.shape)}: {msg}") from None
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
+    return calls, logits
+
+
+@torch.no_grad()
+def discover(net: nn.Module, in_channels: int, image_size: int, drop_stem: bool = True,
+             label: str = "model") -> Discovery:
+    """Dry-run ``net`` and pick the stage modules (see the module docstring for the rules)."""
+    x = torch.randn(1, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    calls, logits = _record(net, x, label)
+    if logits.dim() != 2:
+        raise UserError(f"{label} returns logits of shape {tuple(logits.shape)}; expected (batch, classes)")
+    counts: dict[str, int] = {}
+    for c in calls:
+        counts[c.name] = counts.get(c.name, 0) + 1
+
+    # the final classifier: the Linear whose output is the logits tensor itself, else the last one
+    linears = [c for c in calls if isinstance(c.module, nn.Linear)]
+    exact = [c for c in linears if c.tout is logits]
+    head = exact[-1] if exact else (linears[-1] if linears else None)
+    cut = head.start if head is not None else float("inf")
+    pooled_name = head.name if head is not None else None
+    if head is not None:
+        before = [c for c in calls if c.end < head.start and c.end > 0]
+        prev = max(before, key=lambda c: c.end, default=None)
+        if prev is not None and isinstance(prev.module, nn.Dropout):
+            pooled_name = prev.name
+
+    # a global pool followed by no convolution before the head is the classifier's own pooling
+    convs_start = [c.start for c in calls if isinstance(c.module, nn.Conv2d) and c.start < cut]
+    for c in calls:
+        if (isinstance(c.module, _GLOBAL_POOLS) and c.start < cut
+                and all(s < c.start for s in convs_start)):
+            cut = c.start
+            break
+    # resolutions seen by NCHW-only layers (so channels-last tensors, e.g. ConvNeXt's, are ignored)
+    nchw = {r for c in calls if isinstance(c.module, _NCHW) for r in (c.res(c.tin), c.res(c.tout)) if r}
+    pooled_ids = {id(c.tout) for c in calls if isinstance(c.module, _GLOBAL_POOLS)}
+    maps = [c for c in calls if 0 < c.end < cut and c.res(c.tout) in nchw
+            and not isinstance(c.module, (nn.Linear, *_GLOBAL_POOLS)) and id(c.tout) not in pooled_ids]
+    once = [c for c in maps if counts[c.name] == 1]
+    downs = sorted((c for c in maps if c.res(c.tin) in nchw
+                    and _area(c.res(c.tout)) < _area(c.res(c.tin))), key=lambda c: c.start)
+    chosen: dict[tuple[int, int], Call] = {}
+    for d in downs:
+        r = d.res(d.tin)
+        if r in chosen:
+            continue
+        producers = [c for c in once if c.tout is d.tin and c.end < d.start]
+        if not producers:
+            producers = [c for c in once if c.res(c.tout) == r and c.end < d.start]
+        if producers:
+            chosen[r] = max(producers, key=lambda c: c.end)
+    if downs:
+        final_res = min((d.res(d.tout) for d in downs), key=_area)
+    elif maps:  # a single-resolution net: the resolution of its last map
+        last_map = max(maps, key=lambda c: c.end)
+        final_res = last_map.res(last_map.tout)
+    else:
+        final_res = None
+    if final_res is not None and final_res not in chosen:
+        last = [c for c in once if c.res(c.tout) == final_res]
+        if last:
+            chosen[final_res] = max(last, key=lambda c: c.end)
+    stages = sorted(chosen.items(), key=lambda kv: -_area(kv[0]))
+    prev_end = 0
+    while drop_stem and len(stages) > 1:  # stem pieces: downsampled, at most one conv each
+        r0, st = stages[0]
+        convs = [c for c in maps if isinstance(c.module, nn.Conv2d) and c.res(c.tout) == r0
+                 and prev_end < c.end <= st.end]
+        if len(convs) > 1 or _area(r0) >= image_size * image_size:
+            break
+        prev_end, stages = st.end, stages[1:]
+    if not stages:
+        raise UserError(f"{label}: no convolutional stage (module with a 4-D output) was found; "
+                        "xkd needs a CNN backbone")
+    return Discovery([c.name for _, c in stages], pooled_name, int(logits.shape[1]))
+
+
+class HookedFeatureModel(FeatureModel):
+    """Wraps ``net``; ``features`` hooks the stage modules (and the pooled input) during one pass."""
+
+    preact_relation = "identity"
+
+    def __init__(self, net: nn.Module, stage_names: list[str], pooled_name: str | None = None) -> None:
+        super().__init__()
+        self.net = net
+        mods = dict(net.named_modules())
+        missing = [n for n in stage_names if n not in mods]
+        if missing:
+            raise UserError(f"stage module(s) {missing} not found; available: "
+                            f"{', '.join(n for n in list(mods)[1:30] if n)} ...")
+        self.stage_names = list(stage_names)
+        self.pooled_name = pooled_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return output_logits(self.net(x))
+
+    def features(self, x: torch.Tensor) -> Features:
+        mods = dict(self.net.named_modules())
+        store: dict[str, torch.Tensor] = {}
+
+        def grab(name: str):
+            def hook(mod: nn.Module, inp: Any, out: Any) -> None:
+                t = _first_tensor(out)
+                if t is not None:
+                    store[name] = t
+            return hook
+
+        def grab_pooled(mod: nn.Module, inp: Any) -> None:
+            store["\0pooled"] = torch.flatten(inp[0], 1)
+
+        handles = [mods[n].register_forward_hook(grab(n)) for n in self.stage_names]
+        if self.pooled_name is not None:
+            handles.append(mods[self.pooled_name].register_forward_pre_hook(grab_pooled))
+        try:
+            logits = output_logits(self.net(x))
+        finally:
+            for h in handles:
+                h.remove()
+        absent = [n for n in self.stage_names if n not in store]
+        if absent:
+            raise RuntimeError(f"stage module(s) {absent} did not run in this forward pass")
+        stages = [store[n] for n in self.stage_names]
+        pooled = store.get("\0pooled")
+        if pooled is None:
+            pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(stages[-1], 1), 1)
+        return Features(stages, list(stages), pooled, logits)
+
+    def stage_layers(self) -> list[nn.Module]:
+        mods = dict(self.net.named_modules())
+        return [mods[n] for n in self.stage_names]
+
+
+def wrap(net: nn.Module, in_channels: int, image_size: int, drop_stem: bool = True,
+         stage_modules: list[str] | None = None, label: str = "model") -> HookedFeatureModel:
+    """Discover stages of ``net`` (or use ``stage_modules``) and wrap it."""
+    found = discover(net, in_channels, image_size, drop_stem, label)
+    names = list(stage_modules) if stage_modules else found.stage_names
+    return HookedFeatureModel(net, names, found.pooled_name)
