@@ -288,15 +288,11 @@ def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentConf
 
 
 def _check_model(m: ModelConfig, path: str) -> None:
-    from xkd.models import MODELS
+    from xkd.models import check
 
-    if m.name is not None:
-        try:
-            MODELS.entry(m.name, path=f"{path}.name")
-        except UnknownNameError:
-            raise
     if m.checkpoint is not None and not Path(m.checkpoint).is_file():
         raise ConfigError(f"{path}.checkpoint", f"file not found: {m.checkpoint}")
+    check(m, path)
 
 
 def check_names(cfg: ExperimentConfig, base_dir: Path | None = None) -> None:
