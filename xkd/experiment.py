@@ -100,7 +100,7 @@ def train_teacher(ctx: RunContext) -> tuple[FeatureModel | None, dict[str, Any]]
         return None, {}
     bundle = ctx.data(tc.data)
     teacher = _model(tc.model, bundle, "teacher.model")
-    info: dict[str, Any] = {"params": _n_params(teacher), "model": tc.model.name or tc.model.factory}
+    info: dict[str, Any] = {"params": _n_params(teacher), "arch": tc.model.name or tc.model.factory}
     if tc.pretrained:
         info["source"] = tc.model.checkpoint
     else:
@@ -171,7 +171,7 @@ def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None
                              dataset_size=len(bundle.train), extras={"path": path})
     d = build_distiller(sc.method, student, teacher, method_params(sc), context)
     extras = saliency_extras(ctx, d, teacher, bundle, f"{path}.params") if teacher is not None else None
-    info = {"params": _n_params(student), "model": sc.model.name or sc.model.factory,
+    info = {"params": _n_params(student), "arch": sc.model.name or sc.model.factory,
             "method": sc.method}
     info.update(_train(ctx, d, bundle, train, ctx.folder.student(sc.name), extras, sc.name))
     return student, d, info
@@ -251,7 +251,8 @@ def aggregate_seeds(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             by_model.setdefault(r["model"], []).append(r)
     out = []
     for model, rows in by_model.items():
-        agg: dict[str, Any] = {"model": model, "method": rows[0].get("method"), "n_seeds": len(rows)}
+        agg: dict[str, Any] = {"model": model, "method": rows[0].get("method"),
+                               "arch": rows[0].get("arch"), "n_seeds": len(rows)}
         for k in rows[0]:
             vals = [r.get(k) for r in rows]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):

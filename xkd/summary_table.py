@@ -6,19 +6,17 @@ from typing import Any
 
 
 def _columns(summary: dict[str, Any]) -> list[str]:
-    multi = "seeds" in summary
-    cols = ["model", "method"]
+    cols = ["model", "method", "arch"]
     for ts in summary.get("test_sets") or ["test"]:
         metric = "acc" if summary.get("task", "classification") == "classification" else "mae"
         cols.append(f"{ts}_{metric}")
         if summary.get("task", "classification") == "classification":
             cols.append(f"{ts}_agreement")
-    cols += ["params", "train_seconds"]
-    return [c if c in ("model", "method") or not multi else c for c in cols]
+    return cols + ["params", "train_seconds"]
 
 
 def _cell(row: dict[str, Any], col: str, multi: bool) -> str:
-    if multi and col not in ("model", "method"):
+    if multi and col not in ("model", "method", "arch"):
         m, s = row.get(f"{col}_mean"), row.get(f"{col}_std")
         if m is None:
             return "-"
