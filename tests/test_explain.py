@@ -315,3 +315,45 @@ def test_deeplift_inplace_relu_restored(model, data):
             if isinstance(mod, nn.ReLU):
                 mod.inplace = False
     assert torch.allclose(out, ref, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def resnet8() -> nn.Module:
+    from xkd.models import build as build_model
+
+    torch.manual_seed(0)
+    return build_model("resnet8", num_classes=5, in_channels=3, image_size=16)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resnet8_contract_and_batch_invariance(method, resnet8, data):
+    x, t = data[0][:3], data[1][:3]
+    resnet8.train()
+    ex = E.build(method, resnet8, max_batch=2, **FAST.get(method, {}))
+    out = ex.explain(x, t)
+    assert out.shape == (3, 1, 16, 16) and out.dtype == torch.float32 and (out >= 0).all()
+    assert torch.isfinite(out).all() and resnet8.training and _hooks(resnet8) == []
+    assert all(p.grad is None for p in resnet8.parameters())
+    single = torch.cat([ex.explain(x[i:i + 1], t[i:i + 1]) for i in range(3)])
+    assert torch.allclose(out, single, atol=1e-5, rtol=0)
+
+
+def test_resnet8_gradcam_default_is_last_stage(resnet8, data):
+    x, t = data
+    resnet8.eval()
+    ex = E.build("gradcam", resnet8)
+    last = resnet8.stage_layers()[-1]
+    assert ex.layer is last
+    cam = LayerGradCam(resnet8, last).attribute(x, target=t, relu_attributions=True)
+    ref = _norm_max(LayerAttribution.interpolate(cam, (16, 16), interpolate_mode="bilinear"))
+    assert torch.allclose(ex.explain(x, t), ref.detach(), atol=1e-5, rtol=0)
+
+
+def test_deeplift_refuses_torchvision_resnet_reusing_relu(data):
+    """torchvision's BasicBlock calls ``self.relu`` twice (captum #578): refuse, don't mis-explain."""
+    from xkd.models import build as build_model
+
+    m = build_model("tv:resnet18", num_classes=5, in_channels=3, image_size=16)
+    with pytest.raises(UserError, match=r"deeplift needs distinct activation modules.*layer1\.0\.relu' \(2x\)"):
+        E.build("deeplift", m).explain(*data)
+    assert _hooks(m) == []

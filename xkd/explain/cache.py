@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -133,12 +134,15 @@ class SaliencyCache:
     def build_or_load(cls, root: str | os.PathLike, teacher: nn.Module, dataset: Dataset,
                       explain_cfg: ExplainConfig, dataset_identity: str,
                       device: str | torch.device | None = None, batch_size: int = 64,
-                      num_workers: int = 0, progress: bool = True) -> "SaliencyCache":
+                      num_workers: int = 0, progress: bool | None = None) -> "SaliencyCache":
         """Load the cache for this (teacher, dataset, explainer, target) or (re)build it.
 
         Missing, stale (other teacher weights), incomplete, truncated or corrupt caches are rebuilt;
-        ``status`` ('loaded'|'built') and ``reason`` say which. Call on one process (rank 0).
+        ``status`` ('loaded'|'built') and ``reason`` say which. Call on one process (rank 0) first.
+        ``progress=None`` shows a tqdm bar on a terminal unless ``XKD_NO_PROGRESS`` is set.
         """
+        if progress is None:
+            progress = sys.stderr.isatty() and not os.environ.get("XKD_NO_PROGRESS")
         root = Path(root)
         explainer = build_from_config(explain_cfg, teacher)
         first = dataset[0]["image"]

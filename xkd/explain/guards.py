@@ -175,8 +175,9 @@ def check_deeplift_model(model: nn.Module, x: torch.Tensor) -> None:
             h.remove()
     reused = [f"'{names[m]}' ({c}x)" for m, c in calls.items() if c > 1]
     if reused:
+        more = f" and {len(reused) - 4} more" if len(reused) > 4 else ""
         raise UserError("deeplift needs distinct activation modules, each used once per forward; "
-                        f"reused: {', '.join(reused)}; untie them or use another explainer")
+                        f"reused: {', '.join(reused[:4])}{more}; untie them or use another explainer")
     if spy.found:
         fns = sorted(set(spy.found))
         raise UserError("deeplift needs distinct activation modules (nn.ReLU, ...); the model "
