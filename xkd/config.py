@@ -134,6 +134,9 @@ class EvaluateConfig(Strict):
 class ReportConfig(Strict):
     enabled: bool = True
     figures: bool = True
+    baseline: str | None = Field(
+        None, description="student that multi-seed reports pair every other student against")
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for 95% CIs")
 
 
 class OutputConfig(Strict):
