@@ -19,7 +19,11 @@ Sample = dict[str, torch.Tensor]
 Task = Literal["classification", "regression"]
 
 DATASETS: Registry["DataBundle"] = Registry("dataset")
-"""Dataset factories: ``factory(**params, seed=int, root=..., download=...) -> DataBundle``."""
+"""Dataset factories: ``factory(params, cfg, seed) -> DataBundle``, called by
+:func:`xkd.data.build_data` with ``params`` validated by the pydantic model registered with the
+factory (``DATASETS.register(name, params=Model)``), ``cfg`` the ``DataConfig`` (root, download,
+augment) and ``seed`` the data seed. Meta ``content_from_root=True`` adds ``cfg.root`` to the
+bundle identity (datasets whose content is whatever the folder holds)."""
 
 
 @dataclass
