@@ -210,3 +210,62 @@ def test_teacher_hash_sees_every_tensor(teacher):
     with torch.no_grad():
         teacher.stage1[0].weight[0, 0, 0, 0] += 1e-6
     assert E.teacher_hash(teacher) != h
+
+
+class BrightSpot(FeatureModel):
+    """logit_0 = sum relu(x), logit_1 = -logit_0: |d logit_0 / dx| is 1 exactly where x > 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+
+    def features(self, x: torch.Tensor) -> Features:
+        a = self.act(x)
+        s = a.sum((1, 2, 3))
+        return Features([a], [a], s[:, None], torch.stack([s, -s], 1))
+
+    def stage_layers(self) -> list[nn.Module]:
+        return [self.act]
+
+
+class Spots(Dataset):
+    """Background -1, one bright 3x2 spot (+1) at a per-sample, left-right asymmetric position."""
+
+    def __init__(self, n: int = 6) -> None:
+        self.x = -torch.ones(n, 3, 16, 16)
+        for i in range(n):
+            r, c = 5 + i % 3, 4 + i
+            self.x[i, :, r:r + 3, c:c + 2] = 1.0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.x[i], "label": torch.tensor(0), "index": torch.tensor(i)}
+
+
+def test_cached_map_follows_image_through_joint_augmentation(tmp_path):
+    from torchvision.transforms import v2
+
+    from xkd.data.transforms import JointAugment
+
+    model, data = BrightSpot(), Spots()
+    cfg = ExplainConfig(method="saliency", target="label", max_batch=4)
+    cache = E.SaliencyCache.build_or_load(tmp_path, model, data, cfg, "spots", device="cpu",
+                                          batch_size=4, progress=False)
+    assert torch.equal(cache.batch(range(6)), (data.x[:, :1] > 0).float())  # map = the spot
+    aug = JointAugment(data, v2.Compose([v2.RandomCrop(16, padding=4, fill=0), v2.RandomHorizontalFlip(0.5)]),
+                       extras={"saliency": cache})
+    explainer = E.build_from_config(cfg, model)
+    torch.manual_seed(11)
+    moved = 0
+    for _ in range(3):
+        for i in range(len(data)):
+            s = aug[i]
+            spot = (s["image"][:1] > 0).float()
+            assert spot.sum() == 6  # the crop never cuts the spot off (offsets are at most 4)
+            assert torch.equal(s["saliency"], spot)  # the cached map moved with its image ...
+            fresh = explainer.explain(s["image"][None], s["label"][None])[0]
+            assert torch.allclose(s["saliency"], fresh, atol=1e-3)  # ... as if explained afresh
+            moved += int(not torch.equal(spot, cache[i]))
+    assert moved >= 9  # the augmentation really moved most samples
