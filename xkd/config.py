@@ -50,7 +50,9 @@ class TrainConfig(Strict):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on batches per epoch")
     grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
-    select_metric: Literal["val_acc", "val_loss", "val_mae"] = "val_acc"
+    select_metric: Literal["val_acc", "val_loss", "val_mae"] | None = Field(
+        None, description="checkpoint selection for best.pt; null = val_acc (classification) or "
+        "val_mae (regression)")
 
 
 class TrainOverride(Strict):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from xkd.data import DataBundle, JointAugment, build_data
 from xkd.distill import DistillContext, Distiller, build_distiller
 from xkd.engine import (agreement, environment_info, evaluate_predictions, fit, init_distributed,
                         is_main_process, predict, resolve_device)
+from xkd.engine.env import derive_seed, seed_everything
 from xkd.errors import UserError
 from xkd.models import FeatureModel, build as build_model
 from xkd.runfolder import RunFolder
@@ -51,11 +53,14 @@ class RunContext:
             self.bundles[key] = b
         return self.bundles[key]
 
-    def train_cfg(self, base: TrainConfig) -> TrainConfig:
-        if not self.smoke:
-            return base
-        return base.model_copy(update={"epochs": 1, "max_steps_per_epoch": 2,
-                                       "batch_size": min(base.batch_size, 16)})
+    def train_cfg(self, base: TrainConfig, task: str = "classification") -> TrainConfig:
+        """The train section as run: selection metric resolved by task, shrunk under --smoke."""
+        update: dict[str, Any] = {}
+        if base.select_metric is None:
+            update["select_metric"] = "val_acc" if task == "classification" else "val_mae"
+        if self.smoke:
+            update.update(epochs=1, max_steps_per_epoch=2, batch_size=min(base.batch_size, 16))
+        return base.model_copy(update=update)
 
 
 def _shrink(b: DataBundle, n: int) -> DataBundle:
@@ -69,7 +74,9 @@ def _shrink(b: DataBundle, n: int) -> DataBundle:
     return out
 
 
-def _model(mc: ModelConfig, b: DataBundle, path: str) -> FeatureModel:
+def _model(mc: ModelConfig, b: DataBundle, path: str, seed: int) -> FeatureModel:
+    """Build a model with initial weights that depend only on (seed, config path)."""
+    seed_everything(derive_seed(seed, zlib.crc32(path.encode())))
     return build_model(mc, num_classes=b.num_classes, in_channels=b.in_channels,
                        image_size=b.image_size, path=path)
 
@@ -82,7 +89,7 @@ def _train(ctx: RunContext, distiller: Distiller, bundle: DataBundle, train: Tra
            out_dir: Path, extras: dict[str, Any] | None, desc: str) -> dict[str, Any]:
     train_set = JointAugment(bundle.train, bundle.train_transform, extras)
     t0 = time.perf_counter()
-    res = fit(distiller, train_set, bundle.val, ctx.train_cfg(train), out_dir, device=ctx.device,
+    res = fit(distiller, train_set, bundle.val, ctx.train_cfg(train, bundle.task), out_dir, device=ctx.device,
               seed=ctx.seed, deterministic=ctx.cfg.deterministic, resume=ctx.resume,
               task=bundle.task, num_workers=ctx.cfg.data.num_workers, desc=desc, log=ctx.log)
     best = out_dir / "best.pt"
@@ -99,7 +106,7 @@ def train_teacher(ctx: RunContext) -> tuple[FeatureModel | None, dict[str, Any]]
     if tc is None:
         return None, {}
     bundle = ctx.data(tc.data)
-    teacher = _model(tc.model, bundle, "teacher.model")
+    teacher = _model(tc.model, bundle, "teacher.model", ctx.seed)
     info: dict[str, Any] = {"params": _n_params(teacher), "arch": tc.model.name or tc.model.factory}
     if tc.pretrained:
         info["source"] = tc.model.checkpoint
@@ -164,11 +171,12 @@ def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None
     sc = ctx.cfg.students[i]
     path = f"students[{i}]"
     bundle = ctx.data(sc.data)
-    student = _model(sc.model, bundle, f"{path}.model")
+    student = _model(sc.model, bundle, f"{path}.model", ctx.seed)
     train = ctx.cfg.train_for(sc.train)
     context = DistillContext(example=bundle.train[0]["image"].unsqueeze(0),
                              num_classes=bundle.num_classes, task=bundle.task, epochs=train.epochs,
-                             dataset_size=len(bundle.train), extras={"path": path})
+                             dataset_size=len(bundle.train),
+                             extras={"path": path, "explain": ctx.cfg.explain})
     d = build_distiller(sc.method, student, teacher, method_params(sc), context)
     extras = saliency_extras(ctx, d, teacher, bundle, f"{path}.params") if teacher is not None else None
     info = {"params": _n_params(student), "arch": sc.model.name or sc.model.factory,

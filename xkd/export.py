@@ -101,7 +101,7 @@ def export_explanations(ctx: "RunContext", teacher: FeatureModel | None,
             for stage, a in att.items():
                 arrays[f"attn_{stage}"] = a.float().cpu().numpy().astype(np.float16)
                 entry["attention"][stage] = list(a.shape[1:])
-            wmap = _weight_map(d, x, target, teacher)
+            wmap = _weight_map(ctx, d, x, labels, teacher)
             if wmap is not None:
                 arrays["weight_map"] = wmap
                 entry["weight_map"] = True
@@ -110,14 +110,19 @@ def export_explanations(ctx: "RunContext", teacher: FeatureModel | None,
     io.write_json(out / "index.json", index)
 
 
-def _weight_map(d: Distiller, x: torch.Tensor, target: torch.Tensor,
+def _weight_map(ctx: "RunContext", d: Distiller, x: torch.Tensor, labels: torch.Tensor,
                 teacher: FeatureModel | None) -> np.ndarray | None:
-    """The teacher map a saliency-weighted distiller used (its own explainer), for the stage view."""
+    """The teacher map a saliency-weighted distiller used (its own explainer and target rule)."""
     spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
     if spec is None or teacher is None:
         return None
-    from xkd.explain import build_from_config
+    from xkd.experiment import _explain_cfg
+    from xkd.explain import build_from_config, resolve_targets
 
-    merged = ExplainConfig(**{k: v for k, v in spec.items() if v is not None and k in ExplainConfig.model_fields})
-    ex = build_from_config(merged, teacher, path="explain")
+    ecfg = _explain_cfg(ctx.cfg.explain, spec, "explain")
+    with torch.no_grad():
+        t_logits = teacher(x)
+    target = resolve_targets(ecfg.target, labels.to(x.device), teacher_logits=t_logits,
+                             model_logits=t_logits)
+    ex = build_from_config(ecfg, teacher, path="explain")
     return ex.explain(x, target).cpu().numpy().astype(np.float16)

@@ -49,7 +49,7 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
                               image_size=b.image_size, path=f"{path}.model")
         ctx = DistillContext(example=b.train[0]["image"].unsqueeze(0), num_classes=b.num_classes,
                              task=b.task, epochs=cfg.train_for(sc.train).epochs,
-                             dataset_size=len(b.train), extras={"path": path})
+                             dataset_size=len(b.train), extras={"path": path, "explain": cfg.explain})
         d = build_distiller(sc.method, student, teacher, method_params(sc), ctx)
         spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
         if spec is not None and teacher is not None:

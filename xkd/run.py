@@ -41,7 +41,8 @@ def list_registered() -> dict[str, list[str]]:
            "explainers": list_explainers()}
     try:
         from xkd.metrics import list_metrics
-        out["metrics"] = list_metrics()
+        out["metrics"] = [f"{m['name']} ({m['category']}, {'higher' if m['higher_is_better'] else 'lower'} is better)"
+                          for m in list_metrics()]
     except ImportError:
         pass
     return out
