@@ -170,9 +170,9 @@ class SaliencyCache:
         log.warning("saliency cache %s: %s; building %d maps with %s", key[:12], reason, n,
                     explain_cfg.method)
         for k in stale:  # a run's old teacher: its maps can never be used again
-            with_file = root / str(caches.pop(k).get("file", ""))
-            if with_file.is_file():
-                with_file.unlink()
+            old_file = root / str(caches.pop(k).get("file", ""))
+            if old_file.is_file():
+                old_file.unlink()
         entry = {"file": f"{explain_cfg.method}-{key[:16]}.npy", "shape": list(shape),
                  "dtype": "float16", "complete": False, "teacher_hash": t_hash, **slot}
         caches[key] = entry
