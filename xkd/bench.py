@@ -1,0 +1,193 @@
+"""Benchmarks: ``python -m xkd.bench [--only NAME ...] [--out FILE]``.
+
+Targets are ratios measured in one run on the same machine (DESIGN section 8), never timed
+assertions in tests:
+
+* ``weighted_step``: saliency-weighted ReviewKD step (cached saliency in the batch) over a plain
+  ReviewKD step, same models and batch (target <= 1.05).
+* ``cache_build``: building the Grad-CAM / Saliency cache of the train split over one epoch of the
+  student that consumes it (target <= 1.0).
+* ``deletion_insertion``: deletion + insertion on 256 images x 32 steps over the bare forward passes
+  the metric needs (target <= 1.5) and over a plain per-sample loop.
+
+Prints a table and writes JSON (default ``bench_results/bench.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from xkd.config import DataConfig, ExplainConfig, TrainConfig
+from xkd.data import JointAugment, build_data
+from xkd.distill import DistillContext, build_distiller
+from xkd.models import build as build_model
+
+
+def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _shapes(n: int, size: int = 32) -> Any:
+    return build_data(DataConfig(name="shapes", params={"num_classes": 4, "image_size": size,
+                                                        "train_size": n, "val_size": 16,
+                                                        "test_size": 16}), seed=0)
+
+
+def _pair(bundle: Any, teacher: str = "resnet20", student: str = "resnet8") -> tuple[Any, Any]:
+    torch.manual_seed(0)
+    t = build_model(teacher, num_classes=bundle.num_classes).eval()
+    s = build_model(student, num_classes=bundle.num_classes)
+    return t, s
+
+
+def _reviewkd(bundle: Any, teacher: Any, student: Any, mix: float) -> Any:
+    ctx = DistillContext(example=bundle.train[0]["image"].unsqueeze(0), num_classes=bundle.num_classes,
+                         epochs=10, dataset_size=len(bundle.train))
+    return build_distiller("reviewkd", student, teacher, {"saliency_mix": mix, "warmup_epochs": 0}, ctx)
+
+
+def bench_weighted_step(batch_size: int = 64, repeats: int = 15) -> dict[str, Any]:
+    """Saliency-weighted ReviewKD step with cached saliency over plain ReviewKD (same batch)."""
+    bundle = _shapes(batch_size)
+    teacher, student = _pair(bundle)
+    batch = next(iter(DataLoader(bundle.train, batch_size=batch_size)))
+    batch["saliency"] = torch.rand(batch_size, 1, 32, 32)
+    plain = _reviewkd(bundle, teacher, student, 0.0)
+    weighted = _reviewkd(bundle, teacher, student, 0.8)
+
+    def step(d: Any) -> Callable[[], None]:
+        opt = torch.optim.SGD([p for m in d.trainable_modules().parameters() for p in [m]], lr=1e-3)
+
+        def run() -> None:
+            out = d(batch, 5)
+            sum(out.losses.values()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run
+
+    runs = {"plain": step(plain), "weighted": step(weighted)}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for fn in runs.values():
+        fn(), fn()
+    for _ in range(repeats):  # interleaved so drifting machine load hits both alike
+        for k, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    p, w = statistics.median(times["plain"]), statistics.median(times["weighted"])
+    return {"plain_ms": 1000 * p, "weighted_ms": 1000 * w, "ratio": w / p, "target": 1.05,
+            "batch_size": batch_size, "models": "resnet20 -> resnet8, 32x32"}
+
+
+def bench_cache_build(n: int = 1024, batch_size: int = 64) -> dict[str, Any]:
+    """Cache build (gradcam, saliency) over one epoch of the saliency-weighted student."""
+    from xkd.engine import fit
+    from xkd.explain import SaliencyCache
+
+    bundle = _shapes(n)
+    teacher, student = _pair(bundle)
+    out: dict[str, Any] = {"n": n, "models": "resnet20 -> resnet8, 32x32"}
+    with tempfile.TemporaryDirectory() as tmp:
+        caches = {}
+        for method in ("gradcam", "saliency"):
+            t = time.perf_counter()
+            caches[method] = SaliencyCache.build_or_load(
+                Path(tmp) / "sal", teacher, bundle.train, ExplainConfig(method=method, max_batch=batch_size),
+                bundle.identity, torch.device("cpu"), batch_size=batch_size, progress=False)
+            out[f"{method}_build_s"] = time.perf_counter() - t
+        d = _reviewkd(bundle, teacher, student, 0.8)
+        train = JointAugment(bundle.train, bundle.train_transform, {"saliency": caches["gradcam"]})
+        cfg = TrainConfig(epochs=1, batch_size=batch_size)
+        t = time.perf_counter()
+        fit(d, train, None, cfg, Path(tmp) / "student", device=torch.device("cpu"), seed=0, log=None)
+        out["student_epoch_s"] = time.perf_counter() - t
+    for method in ("gradcam", "saliency"):
+        out[f"{method}_ratio"] = out[f"{method}_build_s"] / out["student_epoch_s"]
+    out["target"] = 1.0
+    return out
+
+
+def bench_deletion_insertion(n: int = 256, steps: int = 32) -> dict[str, Any]:
+    """Batched deletion+insertion over the bare forward passes it needs and a per-sample loop."""
+    from xkd.metrics import faithfulness as F
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", num_classes=4).eval()
+    x = torch.randn(n, 3, 32, 32)
+    sal = torch.rand(n, 1, 32, 32)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    kw = {"steps": steps}
+
+    def batched() -> None:
+        F.deletion_insertion(model, x, sal, target, **kw)
+
+    forwards = n * (1 + 2 * steps)  # one clean pass, then T perturbed passes per curve
+
+    def bare() -> None:  # the same number of image forwards in batches of max_batch, nothing else
+        with torch.no_grad():
+            for _ in range(forwards // 256):
+                model(x[:256])
+
+    def per_sample() -> None:
+        for i in range(0, n, max(1, n // 16)):  # 16 samples, scaled below
+            F.deletion_insertion(model, x[i:i + 1], sal[i:i + 1], target[i:i + 1], **kw)
+
+    tb = _median_time(batched, 3, 1)
+    tf = _median_time(bare, 3, 1)
+    tp = _median_time(per_sample, 1, 0) * (n / 16)
+    return {"n": n, "steps": steps, "batched_s": tb, "bare_forward_s": tf, "ratio_over_forward": tb / tf,
+            "per_sample_loop_s_est": tp, "speedup_over_loop": tp / tb, "target": 1.5}
+
+
+BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
+    "weighted_step": bench_weighted_step,
+    "cache_build": bench_cache_build,
+    "deletion_insertion": bench_deletion_insertion,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xkd.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="*", choices=sorted(BENCHES), help="run these benchmarks only")
+    p.add_argument("--out", default="bench_results/bench.json")
+    args = p.parse_args(argv)
+    results: dict[str, Any] = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
+                                           "threads": torch.get_num_threads(), "cpu": platform.processor()}}
+    for name in args.only or list(BENCHES):
+        print(f"[bench] {name} ...", file=sys.stderr)
+        results[name] = BENCHES[name]()
+    print(f"{'benchmark':<20} {'measure':<28} {'value':>10} {'target':>8}")
+    for name, r in results.items():
+        if name == "machine":
+            continue
+        for k, v in r.items():
+            if "ratio" in k or "speedup" in k:
+                tgt = r.get("target") if "ratio" in k else ""
+                print(f"{name:<20} {k:<28} {v:>10.3f} {str(tgt):>8}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
