@@ -167,3 +167,31 @@ def test_cli_module_entry_point(tmp_path: Path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: data.name: unknown dataset 'nope'")
     assert "Traceback" not in proc.stderr
+
+
+def test_aggregate_seeds_mean_and_sample_std():
+    from xkd.experiment import aggregate_seeds
+
+    s = [{"rows": [{"model": "ce", "method": "ce", "test_acc": a, "params": 10}]} for a in (0.5, 0.7, 0.9)]
+    row = aggregate_seeds(s)[0]
+    assert row["n_seeds"] == 3
+    assert row["test_acc_mean"] == pytest.approx(0.7)
+    assert row["test_acc_std"] == pytest.approx(np.std([0.5, 0.7, 0.9], ddof=1))
+    assert row["params_std"] == 0
+
+
+def test_weight_map_quality_against_hand_values():
+    from xkd.experiment import weight_map_quality
+
+    class Cache:
+        array = np.zeros((2, 1, 4, 4), dtype=np.float16)
+
+    Cache.array[0, 0, 0, 0] = 3.0  # inside the mask
+    Cache.array[0, 0, 3, 3] = 1.0  # outside
+    Cache.array[1, 0, 3, 3] = 2.0  # all mass outside, far from the mask
+    mask = torch.zeros(1, 4, 4)
+    mask[0, :2, :2] = 1
+    ds = [{"mask": mask}, {"mask": mask}]
+    q = weight_map_quality(Cache(), ds, tolerance=0.0)
+    assert q["weight_map_relevance_mass"] == pytest.approx((0.75 + 0.0) / 2)
+    assert q["weight_map_pointing_game"] == pytest.approx((1.0 + 0.0) / 2)

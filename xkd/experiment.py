@@ -181,8 +181,21 @@ def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None
     extras = saliency_extras(ctx, d, teacher, bundle, f"{path}.params") if teacher is not None else None
     info = {"params": _n_params(student), "arch": sc.model.name or sc.model.factory,
             "method": sc.method}
+    if extras and bundle.has_masks and is_main_process():
+        info.update(weight_map_quality(extras["saliency"], bundle.train))
     info.update(_train(ctx, d, bundle, train, ctx.folder.student(sc.name), extras, sc.name))
     return student, d, info
+
+
+def weight_map_quality(cache: Any, dataset: Dataset, tolerance: float = 2.0) -> dict[str, float]:
+    """How well the weighting maps of the training split sit on the objects (teacher map quality):
+    relevance mass accuracy and pointing game of the cached maps against the ground-truth masks."""
+    from xkd.metrics.localisation import pointing_game, relevance_mass_accuracy
+
+    masks = torch.stack([dataset[i]["mask"] for i in range(len(dataset))])
+    maps = torch.from_numpy(cache.array[: len(dataset)].astype("float32"))
+    return {"weight_map_relevance_mass": relevance_mass_accuracy(maps, masks).mean(),
+            "weight_map_pointing_game": pointing_game(maps, masks, tolerance=tolerance).mean()}
 
 
 def evaluate_models(ctx: RunContext, models: dict[str, FeatureModel]) -> dict[str, dict[str, Any]]:
