@@ -1,10 +1,11 @@
 """Checkpoint contents for exact resume (DESIGN sections 5 and 6).
 
 ``last.pt`` (written atomically every epoch) holds everything needed to continue exactly: the
-trainable modules' state, optimiser, scheduler, AMP scaler, RNG states of python/numpy/torch/CUDA,
-the epoch, best metric/epoch, seed and ``format_version``. ``best.pt`` holds the student and extra
-modules of the best epoch (``model``: the ``trainable_modules()`` state; also split as ``student``
-and ``extra``) and its metric. Everything is stored as tensors and plain Python types,
+trainable modules' state, optimiser, scheduler (and, under ``extra_optimizers``, those a distiller
+declares separately), AMP scaler, RNG states of python/numpy/torch/CUDA, the epoch, best
+metric/epoch, seed and ``format_version``. ``best.pt`` holds the student and extra modules of the
+best epoch (``model``: the ``trainable_modules()`` state; also split as ``student`` and
+``extra``) and its metric. Everything is stored as tensors and plain Python types,
 so both load with ``torch.load(weights_only=True)`` (:func:`xkd.io.torch_load`).
 """
 
@@ -101,13 +102,19 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def save_last(path: Path, *, distiller: nn.Module, optimizer: torch.optim.Optimizer,
               scheduler: Any, scaler: Any, epoch: int, step: int, seed: int, best_metric: float | None,
               best_epoch: int, last_val: dict[str, float], seconds: float, complete: bool,
-              train_config: dict[str, Any], metric_name: str) -> None:
+              train_config: dict[str, Any], metric_name: str,
+              extra_optimizers: list[Any] | None = None) -> None:
+    """``extra_optimizers``: the separately declared optimisers
+    (:class:`xkd.engine.optim.ExtraOptimizer`), stored by name under ``extra_optimizers``."""
     torch_save(path, {
         "format_version": FORMAT_VERSION,
         "kind": "last",
         "trainable": trainable_state(distiller),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "extra_optimizers": {e.name: {"optimizer": e.optimizer.state_dict(),
+                                      "scheduler": e.scheduler.state_dict()}
+                             for e in (extra_optimizers or [])},
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": rng_state(),
         "epoch": int(epoch),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -48,17 +48,23 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_steps: int, epoch0: int,
                  opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig,
                  device: torch.device, use_amp: bool, task: str, bar_desc: str,
-                 on_bad: Callable[[int, str], Exception]) -> dict[str, Any]:
+                 on_bad: Callable[[int, str], Exception],
+                 extra: Sequence[Any] = ()) -> dict[str, Any]:
     """One pass; returns sums over samples of each loss/log, the correct count (or abs error) and n.
 
-    ``epoch0`` is the 0-indexed epoch handed to ``distiller(batch, epoch0)``.
+    ``epoch0`` is the 0-indexed epoch handed to ``distiller(batch, epoch0)``. ``extra`` holds the
+    separately declared optimisers (:class:`xkd.engine.optim.ExtraOptimizer`): one backward of the
+    summed losses, then ``opt`` and each extra optimiser step in order (gradient clipping, when
+    set, is applied per optimiser) and every scheduler advances.
     """
     model.train()
     names: list[str] = []
     sums: torch.Tensor | None = None
     log_sums: dict[str, float] = {}
     n, hits = 0, 0.0
-    params = [p for g in opt.param_groups for p in g["params"]]
+    opts = [opt] + [e.optimizer for e in extra]
+    scheds = [sched] + [e.scheduler for e in extra]
+    params = [[p for g in o.param_groups for p in g["params"]] for o in opts]
     show = D.is_main_process() and sys.stderr.isatty() and not os.environ.get("XKD_NO_PROGRESS")
     for i, batch in enumerate(tqdm(loader, total=n_steps, desc=bar_desc, disable=not show, leave=False)):
         if i >= n_steps:
@@ -86,14 +92,19 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
                     else "a loss is not finite on another rank")
             raise on_bad(i + 1, what)
         total = sum(out.losses[k].float() for k in names)
-        opt.zero_grad(set_to_none=True)
+        for o in opts:
+            o.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
-        if cfg.grad_clip is not None:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        scaler.step(opt)
+        for o, ps in zip(opts, params):
+            if o is not opt and all(p.grad is None for p in ps):
+                continue  # an extra optimiser whose parameters no loss reached this step
+            if cfg.grad_clip is not None:
+                scaler.unscale_(o)
+                torch.nn.utils.clip_grad_norm_(ps, cfg.grad_clip)
+            scaler.step(o)
         scaler.update()
-        sched.step()
+        for s in scheds:
+            s.step()
         bs = int(batch["label"].shape[0])
         n += bs
         assert sums is not None

@@ -11,19 +11,26 @@ uses the rate), the factor applied to each group's base rate is
 * ``step``: ``gamma ** #{m in milestones : s >= m * S}`` (milestones in epochs);
 * ``cosine``: ``r + (1 - r) * (1 + cos(pi * (s - W) / (E*S - W))) / 2`` with ``r = min_lr / lr``
   (SGDR without restarts, Loshchilov & Hutter 2017, eq. 5).
+
+A distiller may also declare whole separate optimisers (``optimizer_groups()``, e.g. FFSD's Adam
+for its self-distillation modules): :func:`build_extra_optimizers` builds them, each with the same
+schedule factor over its own base rate; the engine steps and checkpoints them after the main one.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from pydantic import ValidationError
+
 from xkd.config import OptimizerConfig, ScheduleConfig
-from xkd.errors import ConfigError
+from xkd.errors import ConfigError, UserError
 
 
 def param_groups(distiller: nn.Module, lr: float) -> list[dict[str, Any]]:
@@ -32,9 +39,11 @@ def param_groups(distiller: nn.Module, lr: float) -> list[dict[str, Any]]:
 
     A declared group is a dict with ``params`` plus optional optimiser settings (``lr``,
     ``weight_decay``, ...); a declared ``lr_scale`` multiplies the configured ``lr``. Parameters
-    with ``requires_grad=False`` are skipped, and no parameter appears twice.
+    with ``requires_grad=False`` are skipped, and no parameter appears twice. Parameters that a
+    distiller gives a separate optimiser (:func:`separate_optimizer_specs`) are left out.
     """
-    seen: set[int] = set()
+    seen: set[int] = {id(p) for _name, params, _over in separate_optimizer_specs(distiller)
+                      for p in params}
     groups: list[dict[str, Any]] = []
     declared = getattr(distiller, "param_groups", None)
     for g in (declared() if callable(declared) else []):
@@ -61,7 +70,10 @@ def build_optimizer(distiller: nn.Module, cfg: OptimizerConfig) -> torch.optim.O
     Weight decay applies to every parameter (BatchNorm and biases included), as in the KD
     literature's CIFAR recipe; a declared group may set its own ``weight_decay``.
     """
-    groups = param_groups(distiller, cfg.lr)
+    return _make_optimizer(param_groups(distiller, cfg.lr), cfg)
+
+
+def _make_optimizer(groups: list[dict[str, Any]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         nesterov = cfg.nesterov and cfg.momentum > 0
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=nesterov,
@@ -117,3 +129,65 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleConfig, lr:
                     sched.gamma, sched.min_lr / lr)
     fn(0)  # validates the name
     return LambdaLR(optimizer, lr_lambda=fn)
+
+
+# ------------------------------------------------------------------ separate optimisers
+
+
+@dataclass
+class ExtraOptimizer:
+    """A separately declared optimiser (``distiller.optimizer_groups()``) and its schedule."""
+
+    name: str
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+
+
+def separate_optimizer_specs(distiller: nn.Module) -> list[tuple[str, list[nn.Parameter], dict[str, Any]]]:
+    """``(name, params, overrides)`` for each optimiser a distiller declares in
+    ``optimizer_groups()``: a dict ``name -> {"params": [...], **overrides}`` where the overrides
+    are :class:`~xkd.config.OptimizerConfig` fields (``name``, ``lr``, ``momentum``,
+    ``nesterov``, ``weight_decay``) or ``lr_scale`` (times the configured ``lr``). Unset fields
+    inherit the ``train.optimizer`` section. Parameters with ``requires_grad=False`` are skipped.
+    """
+    declared = getattr(distiller, "optimizer_groups", None)
+    out: list[tuple[str, list[nn.Parameter], dict[str, Any]]] = []
+    seen: set[int] = set()
+    for name, spec in (declared() if callable(declared) else {}).items():
+        spec = dict(spec)
+        params = [p for p in spec.pop("params") if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in params)
+        if name == "main":
+            raise UserError(f"{type(distiller).__name__}.optimizer_groups(): 'main' is reserved for "
+                            "the engine's optimiser; pick another name")
+        if params:
+            out.append((str(name), params, spec))
+    return out
+
+
+def build_extra_optimizers(distiller: nn.Module, cfg: OptimizerConfig, sched: ScheduleConfig,
+                           epochs: int, steps_per_epoch: int) -> list[ExtraOptimizer]:
+    """The separate optimisers a distiller declares, each with the ``train.schedule`` factor
+    applied to its own base rate (``min_lr`` scaled by its lr / ``train.optimizer.lr``).
+
+    The engine sums every loss and back-propagates once, then steps the main optimiser and these
+    in declaration order, so a method whose losses each reach only their own parameters (FFSD)
+    gets exactly the updates of one optimiser per loss.
+    """
+    out: list[ExtraOptimizer] = []
+    for name, params, over in separate_optimizer_specs(distiller):
+        merged = cfg.model_dump()
+        scale = over.pop("lr_scale", None)
+        merged.update(over)
+        if scale is not None:
+            merged["lr"] = cfg.lr * float(scale)
+        try:
+            ocfg = OptimizerConfig.model_validate(merged)
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            raise UserError(f"{type(distiller).__name__}.optimizer_groups()['{name}']: "
+                            f"{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        opt = _make_optimizer([{"params": params}], ocfg)
+        s_cfg = sched.model_copy(update={"min_lr": sched.min_lr * ocfg.lr / cfg.lr})
+        out.append(ExtraOptimizer(name, opt, build_scheduler(opt, s_cfg, ocfg.lr, epochs, steps_per_epoch)))
+    return out

@@ -1,11 +1,12 @@
 """The training loop: ``fit(distiller, ...)`` (DESIGN sections 3.4, 5 and 6).
 
 One engine trains every model: a :class:`~xkd.distill.base.Distiller` returns logits and named
-losses; the engine sums them, optimises ``trainable_modules()`` (plus declared ``param_groups()``),
-evaluates, logs ``history.jsonl`` and checkpoints ``last.pt``/``best.pt`` so ``resume=True``
-continues exactly. Epochs in history, checkpoints and logs are numbered from 1 (``epoch`` = epochs
-completed); ``distiller(batch, epoch)`` receives the 0-indexed epoch (``epoch - 1``), as in the
-ReviewKD warm-up ``min(1, epoch / warmup)`` that is exactly zero in the first epoch.
+losses; the engine sums them, optimises ``trainable_modules()`` (plus declared ``param_groups()``
+and any separate optimisers declared in ``optimizer_groups()``), evaluates, logs
+``history.jsonl`` and checkpoints ``last.pt``/``best.pt`` so ``resume=True`` continues exactly.
+Epochs in history, checkpoints and logs are numbered from 1 (``epoch`` = epochs completed);
+``distiller(batch, epoch)`` receives the 0-indexed epoch (``epoch - 1``), as in the ReviewKD
+warm-up ``min(1, epoch / warmup)`` that is exactly zero in the first epoch.
 Randomness per epoch depends only on ``(seed, epoch, rank)``: the shuffling order and the global
 python/numpy/torch RNGs (augmentation, dropout) are re-seeded at every epoch start. The per-epoch
 step itself (AMP, NaN checks, rank-reduced means) lives in :mod:`xkd.engine.loop`.
@@ -30,7 +31,7 @@ from xkd.engine import distributed as D
 from xkd.engine.env import derive_seed, seed_everything, set_determinism
 from xkd.engine.evaluate import evaluate_predictions, predict
 from xkd.engine.loop import epoch_batches, reduce_stats, train_epoch
-from xkd.engine.optim import build_optimizer, build_scheduler
+from xkd.engine.optim import build_extra_optimizers, build_optimizer, build_scheduler
 from xkd.errors import ConfigError, TrainingDiverged, UserError
 from xkd.io import append_jsonl, read_jsonl, write_text
 
@@ -105,7 +106,9 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
     device = torch.device(device)
     main = D.is_main_process()
     say = (log if (log is not None and main) else (lambda _m: None))
-    metric_name, mode = cfg.select_metric, _metric_mode(cfg.select_metric, task)
+    # select_metric null: the pipeline resolves it by task (RunContext.train_cfg); here it is val_acc
+    metric_name = cfg.select_metric or "val_acc"
+    mode = _metric_mode(metric_name, task)
     better = (lambda a, b: b is None or (a > b if mode == "max" else a < b))
     set_determinism(deterministic)
     last_path, best_path, hist_path = out_dir / ck.LAST, out_dir / ck.BEST, out_dir / ck.HISTORY
@@ -133,6 +136,7 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
     n_steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
     opt = build_optimizer(distiller, cfg.optimizer)
     sched = build_scheduler(opt, cfg.schedule, cfg.optimizer.lr, cfg.epochs, n_steps)
+    extra = build_extra_optimizers(distiller, cfg.optimizer, cfg.schedule, cfg.epochs, n_steps)
     use_amp = bool(cfg.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -145,8 +149,20 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
             first = str(e).strip().splitlines()[0]
             raise UserError(f"cannot resume {last_path}: its weights do not fit this model ({first}); "
                             "start a new run without --resume") from None
-        opt.load_state_dict(ckpt["optimizer"])
+        states = {"main": ckpt["optimizer"], **{k: v["optimizer"] for k, v in
+                                                 ckpt.get("extra_optimizers", {}).items()}}
+        for name, o in [("main", opt)] + [(e.name, e.optimizer) for e in extra]:
+            if name not in states:
+                raise UserError(f"cannot resume {last_path}: it holds no state for the '{name}' "
+                                "optimiser; start a new run without --resume")
+            try:
+                o.load_state_dict(states[name])
+            except ValueError:
+                raise UserError(f"cannot resume {last_path}: its '{name}' optimiser state does not fit "
+                                "this distiller's parameters; start a new run without --resume") from None
         sched.load_state_dict(ckpt["scheduler"])
+        for e in extra:
+            e.scheduler.load_state_dict(ckpt["extra_optimizers"][e.name]["scheduler"])
         if use_amp and ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
         ck.set_rng_state(ckpt["rng"])
@@ -183,7 +199,7 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
         lr = float(opt.param_groups[0]["lr"])
         bad = (lambda i, what, e=epoch: _diverged(desc, e, i, what, out_dir, e - 1))
         stats = train_epoch(model, distiller, loader, len(batches), epoch - 1, opt, sched, scaler, cfg, device,
-                             use_amp, task, f"{desc} {epoch}/{cfg.epochs}".strip(), bad)
+                             use_amp, task, f"{desc} {epoch}/{cfg.epochs}".strip(), bad, extra)
         step += len(batches)
         D.broadcast_buffers(distiller)
         if not all(torch.isfinite(p).all() for p in distiller.trainable_modules().parameters()):
@@ -217,7 +233,8 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
             ck.save_last(last_path, distiller=distiller, optimizer=opt, scheduler=sched,
                          scaler=scaler if use_amp else None, epoch=epoch, step=step, seed=seed,
                          best_metric=best, best_epoch=best_epoch, last_val=last_val, seconds=spent,
-                         complete=complete, train_config=train_cfg, metric_name=metric_name)
+                         complete=complete, train_config=train_cfg, metric_name=metric_name,
+                         extra_optimizers=extra)
             history.append({"format_version": FORMAT_VERSION, **row})
         D.barrier()
         say(_line(desc, row, cfg.epochs))
