@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, Subset
 from xkd import io
 from xkd.config import ExperimentConfig, ExplainConfig, ModelConfig, TrainConfig, method_params, resolved_dict
 from xkd.data import DataBundle, JointAugment, build_data
-from xkd.distill import DistillContext, Distiller, build_distiller
+from xkd.distill import DistillContext, Distiller, build_distiller, dataset_labels
 from xkd.engine import (agreement, environment_info, evaluate_predictions, fit, init_distributed,
                         is_main_process, predict, resolve_device)
 from xkd.engine.env import derive_seed, seed_everything
@@ -176,7 +176,8 @@ def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None
     context = DistillContext(example=bundle.train[0]["image"].unsqueeze(0),
                              num_classes=bundle.num_classes, task=bundle.task, epochs=train.epochs,
                              dataset_size=len(bundle.train),
-                             extras={"path": path, "explain": ctx.cfg.explain})
+                             extras={"path": path, "explain": ctx.cfg.explain,  # labels by train index (hkd)
+                                     "labels": dataset_labels(bundle.train)})
     d = build_distiller(sc.method, student, teacher, method_params(sc), context)
     extras = saliency_extras(ctx, d, teacher, bundle, f"{path}.params") if teacher is not None else None
     info = {"params": _n_params(student), "arch": sc.model.name or sc.model.factory,

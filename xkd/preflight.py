@@ -12,7 +12,7 @@ from typing import Any
 
 from xkd.config import ExperimentConfig, ExplainConfig, method_params
 from xkd.data import build_data
-from xkd.distill import DistillContext, build_distiller
+from xkd.distill import DistillContext, build_distiller, dataset_labels
 from xkd.errors import UserError
 from xkd.models import build as build_model
 
@@ -49,7 +49,8 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
                               image_size=b.image_size, path=f"{path}.model")
         ctx = DistillContext(example=b.train[0]["image"].unsqueeze(0), num_classes=b.num_classes,
                              task=b.task, epochs=cfg.train_for(sc.train).epochs,
-                             dataset_size=len(b.train), extras={"path": path, "explain": cfg.explain})
+                             dataset_size=len(b.train), extras={"path": path, "explain": cfg.explain,
+                                                                "labels": dataset_labels(b.train)})  # hkd
         d = build_distiller(sc.method, student, teacher, method_params(sc), ctx)
         spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
         if spec is not None and teacher is not None:

@@ -12,12 +12,13 @@ from pydantic import BaseModel, ValidationError
 
 from xkd.distill.base import (METHODS, DistillContext, Distiller, MethodParams, StepOutput,
                               list_methods)
-from xkd.distill import ce, e2kd, ffsd, kd, reviewkd  # noqa: F401  (registration)
+from xkd.distill import ce, e2kd, ffsd, hkd, kd, reviewkd  # noqa: F401  (registration)
+from xkd.distill.hkd_memory import dataset_labels
 from xkd.errors import ConfigError, UserError
 from xkd.models.base import FeatureModel
 
 __all__ = ["METHODS", "Distiller", "StepOutput", "DistillContext", "MethodParams", "list_methods",
-           "build_distiller"]
+           "build_distiller", "dataset_labels"]
 
 
 def _validation_error(e: ValidationError, prefix: str) -> ConfigError:
