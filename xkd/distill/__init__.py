@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from xkd.distill.base import (METHODS, DistillContext, Distiller, MethodParams, StepOutput,
                               list_methods)
-from xkd.distill import ce, e2kd, ffsd, hkd, kd, reviewkd  # noqa: F401  (registration)
+from xkd.distill import ce, e2kd, ffsd, hkd, introspective, kd, reviewkd  # noqa: F401  (registration)
 from xkd.distill.hkd_memory import dataset_labels
 from xkd.errors import ConfigError, UserError
 from xkd.models.base import FeatureModel
