@@ -33,6 +33,10 @@ def run_session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bo
         if not cfg.seeds:
             summary = run_one_seed(cfg, cfg.seed, run_dir, resume=resume, smoke=smoke, argv=argv, log=log)
         else:
+            from xkd.engine import is_main_process
+
+            if is_main_process():  # written first, so an interrupted multi-seed run can --resume
+                io.write_yaml(run_dir / "config.yaml", resolved_dict(cfg))
             per_seed = []
             for seed in cfg.seeds:
                 sub = run_dir / f"seed-{seed}"
@@ -44,10 +48,7 @@ def run_session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bo
             summary = {"name": cfg.name, "seeds": list(cfg.seeds), "smoke": smoke,
                        "rows": aggregate_seeds(per_seed), "per_seed": per_seed,
                        "task": per_seed[0].get("task"), "test_sets": per_seed[0].get("test_sets")}
-            from xkd.engine import is_main_process
-
             if is_main_process():
-                io.write_yaml(run_dir / "config.yaml", resolved_dict(cfg))
                 if cfg.report.enabled:
                     try:
                         from xkd.report import build_seed_report
