@@ -126,11 +126,15 @@ def test_aggregates_equal_a_recomputation_from_the_csv(run_dir: Path) -> None:
 def test_cli_recomputes_a_subset_from_the_checkpoints_without_retraining(copy_run: Path, capsys) -> None:
     pts = sorted(copy_run.rglob("*.pt"))
     before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in pts}
-    rc = report_main([str(copy_run), "--metrics", "deletion,cosine", "--subset", "8", "--quiet"])
+    rc = report_main([str(copy_run), "--metrics", "deletion,cosine", "--subset", "8",
+                      "--perturbation-samples", "6", "--no-figures", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in pts} == before
     agg = _agg(copy_run)
     assert {r["metric"] for r in agg["results"]} == {"deletion", "cosine"} and agg["n_samples"] == 8
+    assert {r["n"] + r["n_nan"] for r in agg["results"] if r["metric"] == "deletion"} == {6}
+    assert {r["n"] + r["n_nan"] for r in agg["results"] if r["metric"] == "cosine"} == {8}
+    assert not list((copy_run / "report").glob("figures/*.png"))
     # the teacher rebuilt from teacher/checkpoint.pt gives the deletion values the CSV holds
     from xkd.metrics import deletion
     from xkd.models import build
@@ -139,9 +143,9 @@ def test_cli_recomputes_a_subset_from_the_checkpoints_without_retraining(copy_ru
     teacher.load_state_dict(torch.load(copy_run / "teacher" / "checkpoint.pt", weights_only=True)["model"])
     inp = np.load(copy_run / "explanations" / "inputs.npz")
     arr = np.load(copy_run / "explanations" / "teacher.npz")
-    x = torch.from_numpy(inp["images"][:8].astype(np.float32))
-    ref = deletion(teacher.eval(), x, torch.from_numpy(arr["map_gradcam"][:8].astype(np.float32)),
-                   torch.from_numpy(arr["target"][:8]), steps=16, baseline="zero").values.numpy()
+    x = torch.from_numpy(inp["images"][:6].astype(np.float32))
+    ref = deletion(teacher.eval(), x, torch.from_numpy(arr["map_gradcam"][:6].astype(np.float32)),
+                   torch.from_numpy(arr["target"][:6]), steps=16, baseline="zero").values.numpy()
     with open(copy_run / "metrics" / "deletion__teacher__gradcam.csv") as f:
         f.readline()
         got = np.array([float(line.split(",")[2]) for line in f])
@@ -162,7 +166,8 @@ def test_dataset_without_masks_lists_localisation_as_skipped(copy_run: Path) -> 
     inputs = dict(np.load(ex / "inputs.npz"))
     del inputs["masks"]
     io.save_npz(ex / "inputs.npz", **inputs)
-    build_report(copy_run, metrics=["pointing_game", "relevance_mass_accuracy", "cosine"], log=lambda *_: None)
+    build_report(copy_run, metrics=["pointing_game", "relevance_mass_accuracy", "cosine"],
+                 log=lambda *_: None, figures=False)
     agg = _agg(copy_run)
     skipped = {s["metric"]: s["reason"] for s in agg["skipped"]}
     assert set(skipped) == {"pointing_game", "relevance_mass_accuracy"}
@@ -208,6 +213,39 @@ def test_bad_run_folder_exits_2_naming_the_file_and_keeps_the_old_report(copy_ru
     now = {p: p.read_bytes() for d in ("report", "metrics") for p in (copy_run / d).rglob("*") if p.is_file()}
     assert now == kept
     assert not list(copy_run.glob(".report-build-*"))
+
+
+def test_a_failing_row_is_listed_as_skipped_not_fatal(copy_run: Path, monkeypatch) -> None:
+    import xkd.report.compute as C
+    from xkd.metrics import METRICS
+
+    calls = []
+
+    class Proxy:
+        def __getattr__(self, name):
+            return getattr(METRICS, name)
+
+        def build(self, name, **kw):
+            metric = METRICS.build(name, **kw)
+            if name != "cosine":
+                return metric
+
+            class Failing:  # the first row (student ce, explainer gradcam) fails
+                def compute(self, **inputs):
+                    calls.append(1)
+                    if len(calls) == 1:
+                        raise UserError("boom")
+                    return metric.compute(**inputs)
+            return Failing()
+
+    monkeypatch.setattr(C, "METRICS", Proxy())
+    build_report(copy_run, metrics=["cosine"], log=lambda *_: None, figures=False)
+    agg = _agg(copy_run)
+    failed = [s for s in agg["skipped"] if s["metric"] == "cosine"]
+    assert len(failed) == 1 and failed[0]["model"] == "ce" and "(gradcam): boom" in failed[0]["reason"]
+    rows = {(r["model"], r["explainer"]) for r in agg["results"]}
+    assert ("ce", "gradcam") not in rows and ("ce", "saliency") in rows and ("reviewkd", "gradcam") in rows
+    assert "boom" in (copy_run / "report" / "report.md").read_text().split("## Skipped")[1]
 
 
 def test_regression_run_lists_every_metric_as_skipped(tmp_path: Path) -> None:

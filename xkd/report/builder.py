@@ -103,7 +103,7 @@ def provenance(doc: Document, data: RunData, comp: Computed, subset: int | None)
 
 def _figures(doc: Document, data: RunData, comp: Computed, enabled: bool) -> None:
     if not enabled:
-        doc.p("Figures are disabled (`report.figures: false`).")
+        doc.p("Figures are disabled (`report.figures: false` or `--no-figures`).")
         return
     for e in data.explainers:
         doc.figure(f"curves_{e}", F.curves(comp, e),
@@ -125,7 +125,8 @@ def _figures(doc: Document, data: RunData, comp: Computed, enabled: bool) -> Non
     doc.figure("training", F.training(data), "Training curves (history.jsonl)")
 
 
-def compose(data: RunData, comp: Computed, agg: dict[str, Any], subset: int | None) -> Document:
+def compose(data: RunData, comp: Computed, agg: dict[str, Any], subset: int | None,
+            figures: bool = True) -> Document:
     doc = Document(f"xkd report: {data.cfg.name}")
     doc.p(f"Built {time.strftime('%Y-%m-%d %H:%M:%S')} from `{data.root}` without retraining; "
           "per-sample values in `metrics/*.csv`, aggregates in `metrics/aggregates.json`.")
@@ -146,12 +147,17 @@ def compose(data: RunData, comp: Computed, agg: dict[str, Any], subset: int | No
             doc.h(title)
             doc.table(t)
     doc.h("Figures")
-    _figures(doc, data, comp, data.cfg.report.figures)
+    t0 = time.perf_counter()
+    _figures(doc, data, comp, figures)
+    fig_seconds = time.perf_counter() - t0
     doc.h("Skipped")
     doc.items([f"`{s['metric']}`" + (f" ({s['model']})" if s.get("model") else "") + f": {s['reason']}"
                for s in agg["skipped"]] or ["nothing: every selected metric applied"])
     doc.h("Cost")
     doc.table(cost_table(agg))
+    doc.p(f"Metrics {sum(agg['cost_seconds'].values()):.1f} s in total; figures {fig_seconds:.1f} s. "
+          f"Model-running metrics use {comp.perturbation_samples} samples "
+          "(`python -m xkd.report RUN --perturbation-samples 0` uses every eval sample).")
     doc.h("Metric parameters", 3)
     doc.table(params_table(agg["params"]))
     return doc
@@ -170,12 +176,13 @@ def _swap(root: Path, tmp: Path, names: tuple[str, ...]) -> None:
 
 def build_report(run_dir: str | Path, metrics: list[str] | None = None, subset: int | None = None,
                  log: Log = print, perturbation_samples: int | None = PERTURBATION_SAMPLES,
-                 device: str = "cpu") -> Path:
+                 device: str = "cpu", figures: bool | None = None) -> Path:
     """Recompute metrics from ``run_dir`` and write ``RUN/metrics`` and ``RUN/report``.
 
     ``metrics``: names (default: ``evaluate.metrics`` of the run, else all registered);
     ``subset``: the first N eval samples; ``perturbation_samples``: cap for model-running metrics
-    (None/0: all). Returns the path of ``report.html``.
+    (None/0: all); ``figures``: draw figures (default: ``report.figures`` of the run).
+    Returns the path of ``report.html``.
     """
     t0 = time.perf_counter()
     data = load_run(run_dir)
@@ -193,7 +200,7 @@ def build_report(run_dir: str | Path, metrics: list[str] | None = None, subset: 
                   "explainers": data.explainers, "created": time.time()}
         indices = data.inputs["indices"] if data.inputs else None
         agg = write_records(tmp / "metrics", comp, indices, data.cfg.report.bootstrap, header)
-        doc = compose(data, comp, agg, subset)
+        doc = compose(data, comp, agg, subset, data.cfg.report.figures if figures is None else figures)
         rep = tmp / "report"
         for name, png in doc.figures().items():
             io.write_bytes(rep / "figures" / f"{name}.png", png)

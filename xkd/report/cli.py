@@ -1,4 +1,5 @@
-"""CLI: ``python -m xkd.report RUN [--metrics a,b] [--subset N] [--perturbation-samples N]``.
+"""CLI: ``python -m xkd.report RUN [--metrics a,b] [--subset N] [--perturbation-samples N]
+[--no-figures] [--device D]``.
 
 Recomputes the metrics of a finished run from its saved checkpoints and explanations (no
 retraining) and rewrites ``RUN/metrics`` and ``RUN/report``. A folder holding ``seed-K/`` sub-runs
@@ -25,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples for the metrics that run a model on perturbed inputs "
                         f"(default {PERTURBATION_SAMPLES}; 0 = every eval sample)")
     p.add_argument("--device", default="cpu", help="torch device for the metrics (default cpu)")
+    p.add_argument("--no-figures", action="store_true", help="tables only (faster)")
     p.add_argument("--quiet", action="store_true", help="only print the report path")
     return p
 
@@ -43,17 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.perturbation_samples < 0:
             raise UserError(f"--perturbation-samples must be >= 0 (got {args.perturbation_samples})")
         run = Path(args.run)
+        figures = False if args.no_figures else None
         from xkd.report import build_report, build_seed_report
         from xkd.runfolder import RunFolder
 
         seeds = RunFolder(run).seed_runs() if run.is_dir() else []
         if seeds and not (run / "explanations").is_dir():
             for sub in seeds:
-                build_report(sub.root, metrics, args.subset, log=log,
+                build_report(sub.root, metrics, args.subset, log=log, figures=figures,
                              perturbation_samples=args.perturbation_samples, device=args.device)
             out = build_seed_report(run, log=log)
         else:
-            out = build_report(run, metrics, args.subset, log=log,
+            out = build_report(run, metrics, args.subset, log=log, figures=figures,
                                perturbation_samples=args.perturbation_samples, device=args.device)
         print(out)
         return 0

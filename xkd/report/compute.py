@@ -182,7 +182,13 @@ class _Runner:
     def run(self, metric: str, row: str, expl: str | None, role: str, **inputs: Any) -> None:
         m = METRICS.build(metric, **self.out.params.get(metric, {}))
         t0 = time.perf_counter()
-        res = m.compute(**inputs)
+        try:
+            res = m.compute(**inputs)
+        except (UserError, RuntimeError) as e:  # one failing row must not sink the report
+            msg = " ".join(str(e).split())[:200]
+            self.skip(metric, f"failed{f' ({expl})' if expl else ''}: {msg}", model=row)
+            self.log(f"[xkd.report] {metric} {row} {expl or ''}: failed: {msg}")
+            return
         sec = time.perf_counter() - t0
         self.out.rows.append(Row(metric, row, expl, role, res, sec))
         self.out.seconds[metric] = self.out.seconds.get(metric, 0.0) + sec
@@ -268,10 +274,7 @@ def compute_metrics(data: RunData, names: list[str] | None = None, device: str |
     for metric in names:
         t0 = time.perf_counter()
         before = len(r.out.rows)
-        try:
-            r.plan(metric)
-        except UserError as e:
-            raise UserError(f"metric '{metric}': {e}") from None
+        r.plan(metric)
         n_rows = len(r.out.rows) - before
         if n_rows:
             log(f"[xkd.report] {metric}: {n_rows} rows, {time.perf_counter() - t0:.1f} s")

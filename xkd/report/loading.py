@@ -202,7 +202,10 @@ def _load_explanations(data: RunData, index_path: Path) -> None:
     for name, entry in (index.get("models") or {}).items():
         if name not in data.models:
             raise UserError(f"{index_path} lists model '{name}' that config.yaml does not define")
-        path = ex / str(entry.get("file", ""))
+        fname = str(entry.get("file", "")) if isinstance(entry, dict) else ""
+        if not fname or Path(fname).name != fname:
+            raise UserError(f"{index_path}: model '{name}' has a bad file entry {fname!r}")
+        path = ex / fname
         maps = tuple(f"map_{e}" for e in index.get("explainers", []))
         arr = read_npz(path, ("logits", "target") + maps)
         for k, v in arr.items():
