@@ -58,7 +58,7 @@ def report_params(h: int, w: int, std: list[float] | None) -> dict[str, dict[str
         "road_lerf": {"percentages": [0.1, 0.5, 0.9], "noise": noise, "tol": 1e-4, **fast},
         "pointing_game": {"tolerance": round(15.0 * side / 224.0, 2)},
         "top_k_intersection": {"k_fraction": 0.05},
-        "kendall_tau": {"size": 16},
+        "kendall_tau": {"size": 12},
         "topk_iou": {"k_fractions": [0.01, 0.02, 0.05, 0.1, 0.25, 0.5]},
         "model_randomisation": {"max_batch": 64},
     }

@@ -8,8 +8,9 @@ points ``curve@<x>``. Floats are written with 17 significant digits (exact round
 
 ``metrics/aggregates.json`` (versioned): per row the mean over non-NaN samples, 95 % bootstrap CI,
 N, NaN count, direction, category, seconds, the file name and, where the metric has curves, the
-mean curve (``curve_x``, ``curve_mean``); plus skipped metrics with reasons, the cost per metric,
-the metric parameters and the conventions.
+mean curve (``curve_x``, ``curve_mean``); ``by_metric`` repeats the means keyed
+metric -> model -> explainer (``-`` for none); plus skipped metrics with reasons, the cost per
+metric, the metric parameters and the conventions.
 """
 
 from __future__ import annotations
@@ -121,9 +122,14 @@ def write_records(out_dir: Path, comp: Computed, indices: np.ndarray, n_boot: in
         e = METRICS.entry(name)
         metas[name] = {"category": e.meta["category"], "higher_is_better": e.meta["higher_is_better"],
                        "description": e.description}
+    nested: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in results:  # the same numbers keyed metric -> model -> explainer ("-": none), no curves
+        nested.setdefault(r["metric"], {}).setdefault(r["model"], {})[r["explainer"] or "-"] = {
+            k: r[k] for k in ("metric", "model", "explainer", "mean", "ci_low", "ci_high", "n", "n_nan")}
     agg = {**header, "bootstrap": {"resamples": n_boot, "seed": BOOTSTRAP_SEED, "level": 0.95,
                                    "method": "percentile bootstrap of the mean over non-NaN samples"},
-           "params": comp.params, "metrics": metas, "results": results, "skipped": comp.skipped,
+           "params": comp.params, "metrics": metas, "results": results, "by_metric": nested,
+           "skipped": comp.skipped,
            "cost_seconds": {k: round(v, 4) for k, v in comp.seconds.items()}}
     io.write_json(out_dir / "aggregates.json", agg)
     return agg

@@ -18,6 +18,8 @@ def fmt(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float):
+        if v != 0 and abs(v) < 0.5 * 10.0 ** -digits:  # would print as 0.000: keep the magnitude
+            return f"{v:.2e}"
         return f"{v:.{digits}f}"
     return str(v)
 
