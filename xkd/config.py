@@ -166,6 +166,8 @@ class ExperimentConfig(Strict):
     def _unique_names(cls, v: list[StudentConfig]) -> list[StudentConfig]:
         seen: set[str] = set()
         for s in v:
+            if s.name == "teacher" or s.name.startswith("control_"):
+                raise ValueError(f"student name '{s.name}' is reserved (teacher, control_*); pick another")
             if s.name in seen:
                 raise ValueError(f"student name '{s.name}' is used twice; names must be unique")
             seen.add(s.name)

@@ -252,17 +252,15 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
                "task": ctx.data().task, "test_sets": list(ctx.data().test_sets()),
                "seconds": round(time.perf_counter() - t_start, 1)}
     if cfg.report.enabled:
-        _report(folder, log)
+        _report(folder, log, device)
     io.write_json(folder.summary, summary)
     return summary
 
 
-def _report(folder: RunFolder, log: Any) -> None:
-    try:
-        from xkd.report import build_report
-    except ImportError:
-        return
-    build_report(folder.root, log=log)
+def _report(folder: RunFolder, log: Any, device: torch.device) -> None:
+    from xkd.report import build_report
+
+    build_report(folder.root, log=log, device=str(device))
 
 
 def aggregate_seeds(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:

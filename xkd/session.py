@@ -50,11 +50,9 @@ def run_session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bo
                        "task": per_seed[0].get("task"), "test_sets": per_seed[0].get("test_sets")}
             if is_main_process():
                 if cfg.report.enabled:
-                    try:
-                        from xkd.report import build_seed_report
-                        build_seed_report(run_dir, log=log)
-                    except ImportError:
-                        pass
+                    from xkd.report import build_seed_report
+
+                    build_seed_report(run_dir, log=log)
                 io.write_json(run_dir / "summary.json", summary)
     except UserError as e:
         _status(run_dir, "failed", error=str(e))
