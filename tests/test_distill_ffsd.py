@@ -190,3 +190,11 @@ def test_smoke_run_of_the_experiment_file(tmp_path):
     import json
     index = json.loads((run / "explanations" / "index.json").read_text())
     assert set(index["models"]["ffsd"]["attention"]) == {"stage0", "stage1", "stage2"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ffsd.yaml", "ffsd_digits.yaml"])
+def test_full_file_smoke_runs(tmp_path, name):
+    from xkd.run import main
+
+    assert main([str(EXPERIMENTS / name), "--smoke", "--out", str(tmp_path / "run")]) == 0

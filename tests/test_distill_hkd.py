@@ -213,3 +213,11 @@ def test_smoke_run_of_the_experiment_file(tmp_path):
     args = [str(EXPERIMENTS / "hkd.yaml"), "--smoke", "--out", str(tmp_path / "run")]
     assert main(args + [a for o in over for a in ("--set", o)]) == 0
     assert (tmp_path / "run" / "seed-0" / "explanations" / "student_hkd.npz").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["hkd.yaml", "hkd_digits.yaml"])
+def test_full_file_smoke_runs(tmp_path, name):
+    from xkd.run import main
+
+    assert main([str(EXPERIMENTS / name), "--smoke", "--out", str(tmp_path / "run")]) == 0
