@@ -16,29 +16,11 @@ from xkd.errors import ConfigError, UnknownNameError, UserError
 from xkd.explain.guards import HOOK_DICTS
 from xkd.explain.postprocess import to_map
 from xkd.models.base import Features, FeatureModel
+from tests.tiny_models import TwoStage
 
 METHODS = E.list_explainers()
 FAST = {"integrated_gradients": {"n_steps": 8}, "smoothgrad": {"nt_samples": 4, "stdevs": 0.3},
         "occlusion": {"window": 4, "stride": 4}}
-
-
-class TwoStage(FeatureModel):
-    """Two conv stages with their own nn.ReLU modules; BatchNorm makes train/eval mode visible."""
-
-    def __init__(self, in_ch: int = 3, classes: int = 5) -> None:
-        super().__init__()
-        self.stage1 = nn.Sequential(nn.Conv2d(in_ch, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.stage2 = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.fc = nn.Linear(16, classes)
-
-    def features(self, x: torch.Tensor) -> Features:
-        a = self.stage1(x)
-        b = self.stage2(a)
-        p = b.mean((2, 3))
-        return Features([a, b], [a, b], p, self.fc(p))
-
-    def stage_layers(self) -> list[nn.Module]:
-        return [self.stage1, self.stage2]
 
 
 class SharedReLU(TwoStage):

@@ -18,23 +18,11 @@ from xkd.config import ExplainConfig
 from xkd.errors import UserError
 from xkd.explain.explainers import Explainer
 from xkd.models.base import Features, FeatureModel
+from tests.tiny_models import TwoStage
 
 
-class Tiny(FeatureModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.stage1 = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU())
-        self.stage2 = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(8, 3)
-
-    def features(self, x: torch.Tensor) -> Features:
-        a = self.stage1(x)
-        b = self.stage2(a)
-        p = b.mean((2, 3))
-        return Features([a, b], [a, b], p, self.fc(p))
-
-    def stage_layers(self) -> list[nn.Module]:
-        return [self.stage1, self.stage2]
+def Tiny() -> TwoStage:
+    return TwoStage(classes=3, widths=(6, 8), batchnorm=False)
 
 
 class Images(Dataset):
