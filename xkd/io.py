@@ -92,6 +92,19 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return obj
 
 
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a versioned YAML file (``safe_load``); missing, corrupt or newer-format is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing file {path}; is this a run folder?")
+    try:
+        obj = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"corrupt YAML file {path}: {str(e).splitlines()[0]}") from None
+    check_version(obj, path)
+    return obj
+
+
 def check_version(obj: Any, path: str | os.PathLike) -> None:
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not an xkd file (expected a mapping with format_version)")

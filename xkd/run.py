@@ -69,11 +69,10 @@ def _choose_dir(cfg: Any, args: argparse.Namespace) -> Path:
 
 
 def _check_resume_config(run_dir: Path, cfg: Any) -> None:
-    import yaml
-
     from xkd.config import resolved_dict
+    from xkd.io import read_yaml
 
-    stored = yaml.safe_load((run_dir / "config.yaml").read_text())
+    stored = dict(read_yaml(run_dir / "config.yaml"))
     stored.pop("format_version", None)
     stored.pop("seed", None)
     now = resolved_dict(cfg)

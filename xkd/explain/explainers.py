@@ -16,6 +16,8 @@ image, never on the batch it came in.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import warnings
 from typing import Any, ClassVar
 
@@ -32,7 +34,7 @@ from xkd.explain.guards import check_deeplift_model, model_guard, resolve_layer
 from xkd.explain.postprocess import normalize, to_map
 
 
-class Explainer:
+class Explainer(ABC):
     """Base: subclasses implement :meth:`_attribute` on one chunk; post-processing is shared."""
 
     method: ClassVar[str] = ""
@@ -73,8 +75,9 @@ class Explainer:
         """How many images of the outer batch go to Captum in one call."""
         return self.max_batch
 
-    def _attribute(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def _attribute(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Captum attributions for one chunk (each method's only code)."""
 
     def _to_map(self, a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         p = self.params

@@ -101,14 +101,7 @@ class RunData:
 
 def read_config(path: Path) -> tuple[ExperimentConfig, dict[str, Any]]:
     """The resolved experiment stored in ``config.yaml`` (format_version checked)."""
-    if not path.is_file():
-        raise UserError(f"missing file {path}; is this a run folder?")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"corrupt YAML file {path}: {str(e).splitlines()[0]}") from None
-    io.check_version(raw, path)
-    raw = dict(raw)
+    raw = dict(io.read_yaml(path))
     raw.pop("format_version", None)
     try:
         cfg = ExperimentConfig.model_validate(raw)
