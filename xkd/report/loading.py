@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from pydantic import ValidationError
 
 from xkd import FORMAT_VERSION, io
