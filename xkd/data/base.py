@@ -52,6 +52,21 @@ class DataBundle:
     class_names: list[str] | None = None
     identity: str = ""
     """A string identifying the data content (name + params + seed): part of saliency-cache keys."""
+    label_offset: float = 0.0
+    label_scale: float = 1.0
+    """Regression: models train on ``(y - label_offset) / label_scale`` (min-max to [0, 1], as in
+    cGAN-KD, Ding et al. 2023, section 5.2); splits keep original units and
+    :func:`xkd.data.label_scaling.to_original` maps predictions back for MAE/RMSE."""
+    modalities: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    """Per-sample shape of every input modality key of a sample (e.g. ``{"video": (3,T,H,W),
+    "image": (3,H,W), "audio": (1,M,M)}``); empty for image-only datasets, which means
+    ``{"image": (in_channels, image_size, image_size)}`` (see :meth:`input_shapes`)."""
+
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``modalities``, or ``{"image": (C,H,W)}`` for an image-only dataset."""
+        if self.modalities:
+            return dict(self.modalities)
+        return {"image": (self.in_channels, self.image_size, self.image_size)}
 
     def test_sets(self) -> dict[str, Dataset]:
         """All test sets by name: ``test`` first, then ``extra_tests``."""
