@@ -9,7 +9,7 @@ from xkd.data.build import build_data, identity, validate_params
 from xkd.data.tensors import TensorSplit
 from xkd.data.transforms import JointAugment, build_train_transform
 
-from xkd.data import shapes, shapes_regression, digits, torchvision_sets, imagefolder  # noqa: E402,F401  isort: skip
+from xkd.data import shapes, shapes_regression, digits, torchvision_sets, imagefolder, av_shapes  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "DATASETS", "DataBundle", "Sample", "TensorSplit", "build_data", "build_train_transform",
