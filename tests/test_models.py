@@ -263,7 +263,7 @@ def test_unknown_name_lists_allowed_names() -> None:
     assert str(e.value).startswith("students[0].model.name: unknown model 'resnet9'")
     for n in BUILTINS + ["resnet110", "tv:NAME"]:
         assert n in e.value.allowed
-    assert set(BUILTINS + ["resnet110", "tv:NAME"]) == set(M.list_models())
+    assert set(BUILTINS + ["resnet110", "tv:NAME", "r2plus1d_tiny", "frame_cnn"]) == set(M.list_models())
 
 
 def test_bad_params_name_the_field() -> None:

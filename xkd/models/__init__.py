@@ -5,8 +5,9 @@
 stage shapes from a dry run; ``list_models()`` the registered names.
 
 Built in: ``resnet8/14/20/32/44/56/110``, ``resnet8x4``, ``resnet32x4`` (CIFAR ResNets),
-``wrn-16-2``, ``wrn-40-1``, ``wrn-40-2`` (WRNs), ``mobilenetv2`` (CIFAR MobileNetV2) and ``tv:NAME``
-(any torchvision classifier). ``preact`` semantics per family (``model.preact_relation``):
+``wrn-16-2``, ``wrn-40-1``, ``wrn-40-2`` (WRNs), ``mobilenetv2`` (CIFAR MobileNetV2), ``tv:NAME``
+(any torchvision classifier) and the video students ``r2plus1d_tiny`` and ``frame_cnn`` on
+(B,C,T,H,W) clips (``model.input_dims == 4``; their stages are (B,C,T,h,w)). ``preact`` semantics per family (``model.preact_relation``):
 
 * CIFAR ResNets: pre-ReLU residual sum of each stage's last block; ``stages = relu(preact)``.
 * WRNs: BN that follows each group (next group's first BN, or the final BN); ``stages = relu(preact)``.
@@ -22,7 +23,7 @@ from pydantic import ValidationError
 
 from xkd.config import ModelConfig, _error_from_validation
 from xkd.errors import ConfigError
-from xkd.models import cifar_resnet, mobilenetv2, torchvision_adapter, wrn  # noqa: F401 (registration)
+from xkd.models import cifar_resnet, mobilenetv2, torchvision_adapter, video, wrn  # noqa: F401 (registration)
 from xkd.models.base import MODELS, FeatureModel, Features, StageInfo, describe, list_models
 from xkd.models.checkpoint import load_checkpoint
 from xkd.models.factory import build_from_factory, import_factory

@@ -36,6 +36,8 @@ class StageInfo:
     channels: int
     height: int
     width: int
+    frames: int | None = None
+    """Time steps of a 5-D (B,C,T,h,w) video stage map; None for 2-D (B,C,h,w) maps."""
 
 
 class FeatureModel(nn.Module):
@@ -48,6 +50,8 @@ class FeatureModel(nn.Module):
     """
 
     preact_relation: str = "relu"
+    input_dims: int = 3
+    """Dimensions of one input sample: 3 for images (C,H,W), 4 for video clips (C,T,H,W)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).logits
@@ -62,18 +66,21 @@ class FeatureModel(nn.Module):
 
 @torch.no_grad()
 def describe(model: FeatureModel, example: torch.Tensor) -> tuple[list[StageInfo], int]:
-    """Stage shapes and pooled width from a dry run on ``example`` (C,H,W or 1,C,H,W).
+    """Stage shapes and pooled width from a dry run on ``example``: one sample (C,H,W), or (C,T,H,W)
+    for a video model (``model.input_dims == 4``), with or without a leading batch dimension.
 
     The model's train/eval mode is restored afterwards (BatchNorm statistics are not touched).
     """
-    x = example if example.dim() == 4 else example.unsqueeze(0)
+    dims = int(getattr(model, "input_dims", 3))
+    x = example if example.dim() == dims + 1 else example.unsqueeze(0)
     was_training = model.training
     model.eval()
     try:
         f = model.features(x[:1])
     finally:
         model.train(was_training)
-    infos = [StageInfo(int(s.shape[1]), int(s.shape[2]), int(s.shape[3])) for s in f.stages]
+    infos = [StageInfo(int(s.shape[1]), int(s.shape[-2]), int(s.shape[-1]),
+                       int(s.shape[2]) if s.dim() == 5 else None) for s in f.stages]
     return infos, int(f.pooled.shape[1])
 
 
