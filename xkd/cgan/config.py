@@ -19,18 +19,18 @@ class GANConfig(Strict):
     """Conditional GAN: DCGAN-style G with conditional BN, projection D, hinge loss, EMA G."""
 
     z_dim: int = Field(64, ge=1, description="latent size")
-    g_channels: int = Field(64, ge=4, description="base channels of the generator")
-    d_channels: int = Field(64, ge=4, description="base channels of the discriminator")
+    g_channels: int = Field(32, ge=4, description="base channels of the generator")
+    d_channels: int = Field(32, ge=4, description="base channels of the discriminator")
     embed_dim: int = Field(64, ge=1, description="label embedding size (class embedding or "
                            "embedding of the normalised continuous label)")
-    steps: int = Field(2000, ge=1, description="generator updates")
+    steps: int = Field(1500, ge=1, description="generator updates")
     d_steps: int = Field(1, ge=1, description="discriminator updates per generator update")
-    batch_size: int = Field(64, ge=2)
+    batch_size: int = Field(32, ge=2)
     lr_g: float = Field(2e-4, gt=0)
     lr_d: float = Field(2e-4, gt=0)
-    betas: tuple[float, float] = Field((0.0, 0.999), description="Adam betas of both networks")
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the generator's weights")
-    ema_start: int = Field(200, ge=0, description="step before which the EMA copies G")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of both networks")
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="EMA of the generator's weights")
+    ema_start: int = Field(100, ge=0, description="step before which the EMA copies G")
     diffaugment: bool = Field(True, description="differentiable translation + colour augmentation "
                               "of real and fake images before D (Zhao et al. 2020)")
     checkpoint_every: int = Field(250, ge=1, description="steps between writes of last.pt")

@@ -76,7 +76,8 @@ class UpBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(z, y): z ++ e(y) -> (4g, s/4, s/4) -> two up-blocks -> CBN/ReLU -> 3x3 conv to C channels.
+    """G(z, y): z ++ e(y) -> (4g, s/8, s/8) -> three up-blocks (2g, g, g/2 channels) -> CBN/ReLU ->
+    3x3 conv to C channels (cropped to s when s is not a multiple of 8).
 
     ``arch`` (plain types) rebuilds the module: ``Generator(**arch)``.
     """
@@ -89,13 +90,14 @@ class Generator(nn.Module):
                                          embed_dim=embed_dim, label_lo=float(label_lo),
                                          label_hi=float(label_hi))
         self.task, self.z_dim, self.image_size = task, z_dim, image_size
-        self.start = max(1, -(-image_size // 4))
+        self.start = max(1, -(-image_size // 8))
         g = g_channels
+        widths = [4 * g, 2 * g, g, max(4, g // 2)]
         self.embed = LabelEmbed(task, num_classes, embed_dim, label_lo, label_hi)
-        self.fc = nn.Linear(z_dim + embed_dim, 4 * g * self.start ** 2)
-        self.blocks = nn.ModuleList([UpBlock(4 * g, 2 * g, embed_dim), UpBlock(2 * g, g, embed_dim)])
-        self.out_bn = CondBatchNorm(g, embed_dim)
-        self.out = nn.Conv2d(g, channels, 3, padding=1)
+        self.fc = nn.Linear(z_dim + embed_dim, widths[0] * self.start ** 2)
+        self.blocks = nn.ModuleList([UpBlock(a, b, embed_dim) for a, b in zip(widths, widths[1:])])
+        self.out_bn = CondBatchNorm(widths[-1], embed_dim)
+        self.out = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor, normalised: bool = False) -> torch.Tensor:
         e = self.embed(y, normalised)
@@ -109,7 +111,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Projection discriminator with spectral norm: three stride-2 stages, global sum pooling,
+    """Projection discriminator with spectral norm (DCGAN-style): three 4x4 stride-2 convs
+    (d, 2d, 4d channels) and a 3x3 conv, global sum pooling,
     D(x, y) = w^T phi(x) + <e(y), phi(x)> (Miyato & Koyama 2018, eq. 3)."""
 
     def __init__(self, task: str, num_classes: int, channels: int, d_channels: int,
@@ -118,12 +121,10 @@ class Discriminator(nn.Module):
         d = d_channels
         sn = spectral_norm
         self.features = nn.Sequential(
-            sn(nn.Conv2d(channels, d, 3, padding=1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(d, d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(d, 2 * d, 3, padding=1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(2 * d, 2 * d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(2 * d, 4 * d, 3, padding=1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(4 * d, 4 * d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(channels, d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(d, 2 * d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * d, 4 * d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(4 * d, 4 * d, 3, padding=1)), nn.LeakyReLU(0.2),
         )
         self.linear = sn(nn.Linear(4 * d, 1))
         self.embed = LabelEmbed(task, num_classes, 4 * d, label_lo, label_hi)
