@@ -26,7 +26,7 @@ def _data(task: str, n: int = 24, size: int = 16) -> TensorSplit:
 
 
 def _cfg(**kw) -> GANConfig:
-    base = dict(z_dim=8, g_channels=8, d_channels=8, embed_dim=8, batch_size=6, steps=6,
+    base = dict(z_dim=8, g_channels=8, d_channels=8, embed_dim=8, batch_size=6, steps=5,
                 checkpoint_every=2, log_every=1, ema_start=2, ema_decay=0.9)
     return GANConfig(**{**base, **kw})
 
@@ -69,7 +69,7 @@ def test_one_step_changes_both_networks(task: str) -> None:
 def test_seeded_runs_are_identical_and_seeds_differ(tmp_path: Path) -> None:
     a = _train(tmp_path, "classification", "a")
     b = _train(tmp_path, "classification", "b")
-    c = _train(tmp_path, "classification", "c", seed=1)
+    c = _train(tmp_path, "classification", "c", seed=1, stop_after=5)
     _assert_same(torch_load(tmp_path / "a" / "last.pt"), torch_load(tmp_path / "b" / "last.pt"))
     assert not a.training
     labels = torch.tensor([0, 1, 2, 0])
@@ -77,7 +77,7 @@ def test_seeded_runs_are_identical_and_seeds_differ(tmp_path: Path) -> None:
     assert not torch.equal(generate(a, labels, seed=3), generate(c, labels, seed=3))
     for f in ("last.pt", "history.jsonl", "generator.pt", "samples.png"):
         assert (tmp_path / "a" / f).is_file()
-    assert [r["step"] for r in read_jsonl(tmp_path / "a" / "history.jsonl")] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_jsonl(tmp_path / "a" / "history.jsonl")] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -91,7 +91,7 @@ def test_resume_ends_bit_identical(tmp_path: Path, task: str) -> None:
     hist.write_text(hist.read_text() + '{"format_version": 1, "step": 4, "loss_g": 9}\n')
     _train(tmp_path, task, "cut", resume=True)
     full, cut = torch_load(tmp_path / "full" / "last.pt"), torch_load(tmp_path / "cut" / "last.pt")
-    assert full["step"] == cut["step"] == 6
+    assert full["step"] == cut["step"] == 5
     _assert_same(full, cut)
     _assert_same(torch_load(tmp_path / "full" / "generator.pt")["state"],
                  torch_load(tmp_path / "cut" / "generator.pt")["state"])
@@ -113,7 +113,7 @@ def test_finished_run_is_loaded_not_retrained(tmp_path: Path) -> None:
                        generate(g, ys, seed=0))
     with pytest.raises(UserError) as e:
         train_gan(_cfg(steps=7), _data("regression"), "regression", 1, tmp_path / "r", CPU, seed=0)
-    assert "steps=6" in str(e.value) and "\n" not in str(e.value)
+    assert "steps=5" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_resume_from_another_run_is_one_user_error_line(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ class GANConfig(Strict):
     d_steps: int = Field(1, ge=1, description="discriminator updates per generator update")
     batch_size: int = Field(32, ge=2)
     lr_g: float = Field(2e-4, gt=0)
-    lr_d: float = Field(2e-4, gt=0)
+    lr_d: float = Field(4e-4, gt=0)
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of both networks")
     ema_decay: float = Field(0.99, ge=0, lt=1, description="EMA of the generator's weights")
     ema_start: int = Field(100, ge=0, description="step before which the EMA copies G")

@@ -76,8 +76,9 @@ class UpBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(z, y): z ++ e(y) -> (4g, s/8, s/8) -> three up-blocks (2g, g, g/2 channels) -> CBN/ReLU ->
-    3x3 conv to C channels (cropped to s when s is not a multiple of 8).
+    """G(z, y): e(y) ++ z -> (4g, s/8, s/8) -> three up-blocks (2g, g, g/2 channels) -> CBN/ReLU ->
+    3x3 conv to C channels (cropped to s when s is not a multiple of 8). Every conditional BN is
+    driven by e(y) ++ z (BigGAN's shared embedding with the latent, Brock et al. 2019, section 3).
 
     ``arch`` (plain types) rebuilds the module: ``Generator(**arch)``.
     """
@@ -95,13 +96,14 @@ class Generator(nn.Module):
         widths = [4 * g, 2 * g, g, max(4, g // 2)]
         self.embed = LabelEmbed(task, num_classes, embed_dim, label_lo, label_hi)
         self.fc = nn.Linear(z_dim + embed_dim, widths[0] * self.start ** 2)
-        self.blocks = nn.ModuleList([UpBlock(a, b, embed_dim) for a, b in zip(widths, widths[1:])])
-        self.out_bn = CondBatchNorm(widths[-1], embed_dim)
+        cond = embed_dim + z_dim
+        self.blocks = nn.ModuleList([UpBlock(a, b, cond) for a, b in zip(widths, widths[1:])])
+        self.out_bn = CondBatchNorm(widths[-1], cond)
         self.out = nn.Conv2d(widths[-1], channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor, normalised: bool = False) -> torch.Tensor:
-        e = self.embed(y, normalised)
-        x = self.fc(torch.cat([z, e], 1)).view(len(z), -1, self.start, self.start)
+        e = torch.cat([self.embed(y, normalised), z], 1)
+        x = self.fc(e).view(len(z), -1, self.start, self.start)
         for block in self.blocks:
             x = block(x, e)
         x = self.out(F.relu(self.out_bn(x, e)))
@@ -110,10 +112,18 @@ class Generator(nn.Module):
         return x
 
 
+def minibatch_std(h: torch.Tensor) -> torch.Tensor:
+    """(B,1,H,W) channel holding the mean over features of the batch standard deviation."""
+    std = (h.var(dim=0, unbiased=False) + 1e-8).sqrt().mean() if len(h) > 1 else h.new_zeros(())
+    return std.expand(len(h), 1, h.shape[2], h.shape[3])
+
+
 class Discriminator(nn.Module):
-    """Projection discriminator with spectral norm (DCGAN-style): three 4x4 stride-2 convs
-    (d, 2d, 4d channels) and a 3x3 conv, global sum pooling,
-    D(x, y) = w^T phi(x) + <e(y), phi(x)> (Miyato & Koyama 2018, eq. 3)."""
+    """Projection discriminator with spectral norm (the SNGAN "standard CNN", smaller): three
+    stages of a 4x4 stride-2 conv and a 3x3 conv (d, 2d, 4d channels), global sum pooling,
+    D(x, y) = w^T phi(x) + <e(y), phi(x)> (Miyato & Koyama 2018, eq. 3). Before the last conv a
+    minibatch-standard-deviation channel (Karras et al. 2018, section 3) lets D see a batch's
+    diversity, which counters mode collapse."""
 
     def __init__(self, task: str, num_classes: int, channels: int, d_channels: int,
                  label_lo: float = 0.0, label_hi: float = 1.0) -> None:
@@ -122,15 +132,18 @@ class Discriminator(nn.Module):
         sn = spectral_norm
         self.features = nn.Sequential(
             sn(nn.Conv2d(channels, d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(d, d, 3, padding=1)), nn.LeakyReLU(0.2),
             sn(nn.Conv2d(d, 2 * d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
+            sn(nn.Conv2d(2 * d, 2 * d, 3, padding=1)), nn.LeakyReLU(0.2),
             sn(nn.Conv2d(2 * d, 4 * d, 4, stride=2, padding=1)), nn.LeakyReLU(0.2),
-            sn(nn.Conv2d(4 * d, 4 * d, 3, padding=1)), nn.LeakyReLU(0.2),
         )
+        self.last = nn.Sequential(sn(nn.Conv2d(4 * d + 1, 4 * d, 3, padding=1)), nn.LeakyReLU(0.2))
         self.linear = sn(nn.Linear(4 * d, 1))
         self.embed = LabelEmbed(task, num_classes, 4 * d, label_lo, label_hi)
         if task == "classification":
             self.embed.net = sn(self.embed.net)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, normalised: bool = False) -> torch.Tensor:
-        phi = self.features(x).sum(dim=(2, 3))
+        h = self.features(x)
+        phi = self.last(torch.cat([h, minibatch_std(h)], 1)).sum(dim=(2, 3))
         return self.linear(phi).squeeze(1) + (self.embed(y, normalised) * phi).sum(1)
