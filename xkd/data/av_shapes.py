@@ -34,8 +34,9 @@ from xkd.data.tensors import CHUNK, chunk_rng
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
-SCENE, FRAME, SOUND, MISSING = 0, 1, 2, 3
-"""Random streams: scene (label, background, motion), image frame index, sound, missing audio."""
+SCENE, FRAME, SOUND, MISSING, LABEL, PIXELS = 0, 1, 2, 3, 4, 5
+"""Random streams: scene (background, motion, colour), image frame index, sound, missing audio,
+label, per-frame pixel noise."""
 
 
 class AVShapesParams(Strict):
@@ -69,17 +70,18 @@ class AVShapesParams(Strict):
     @model_validator(mode="after")
     def _check(self) -> "AVShapesParams":
         lo, hi = self.scale
-        if not 0.05 <= lo <= hi <= 0.4:
-            raise ValueError(f"scale {list(self.scale)} must satisfy 0.05 <= min <= max <= 0.4")
+        if not 0.05 <= lo <= hi <= 0.45:
+            raise ValueError(f"scale {list(self.scale)} must satisfy 0.05 <= min <= max <= 0.45")
         return self
 
 
 def _scene(p: AVShapesParams, seed: int, split: str, chunk: int) -> dict[str, np.ndarray]:
-    """Every random choice of one chunk of clips (labels, background, start/end pose, colour)."""
+    """Every random choice of one chunk of clips (label, background, start/end pose, colour)."""
+    label = chunk_rng(seed, split, LABEL, chunk).integers(0, p.num_classes, CHUNK)
     rng = chunk_rng(seed, split, SCENE, chunk)
     n, s = CHUNK, p.image_size
     d = render.draw_background(n, s, rng, p.clutter)
-    d["label"] = rng.integers(0, p.num_classes, n)
+    d["label"] = label
     d["r"] = render.uniform(rng, *p.scale, n) * np.float32(s)
     span = s - 2 * d["r"]
     start = d["r"][:, None] + span[:, None] * rng.random((n, 2), dtype=np.float32)
@@ -117,7 +119,7 @@ def generate(p: AVShapesParams, seed: int, split: str, n: int) -> dict[str, torc
     parts: dict[str, list] = {k: [] for k in ("video", "frame", "mask", "audio", "audio_mask", "label")}
     for c in range(-(-n // CHUNK)):
         d = _scene(p, seed, split, c)
-        video, masks = render_clips(p, d, chunk_rng(seed, split, SCENE, 10_000 + c))
+        video, masks = render_clips(p, d, chunk_rng(seed, split, PIXELS, c))
         frame = chunk_rng(seed, split, FRAME, c).integers(0, p.frames, CHUNK)
         wave = av_sound.synthesise(d["label"], chunk_rng(seed, split, SOUND, c), p.num_classes, p.n_mels,
                                    p.audio_noise, p.audio_distractors, p.audio_unrelated)

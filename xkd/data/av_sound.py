@@ -47,18 +47,23 @@ def _note_table(num_classes: int) -> np.ndarray:
 def _notes_wave(t: np.ndarray, start: np.ndarray, end: np.ndarray, f0: np.ndarray, f1: np.ndarray,
                 harmonic: np.ndarray) -> np.ndarray:
     """(N,L) sum of notes given (N,J) start/end times (s), start/end frequencies (Hz), with a
-    linear frequency sweep, 4 ms fade in/out and a second harmonic of relative amplitude ``harmonic``."""
+    linear frequency sweep, 4 ms fade in/out and a second harmonic of relative amplitude ``harmonic``
+    (left out for notes whose harmonic would pass 0.45 x the sample rate and alias)."""
+    f32 = np.float32
+    t, start, end, f0, f1, harmonic = (np.asarray(a, dtype=f32) for a in (t, start, end, f0, f1, harmonic))
     tt = t[None, None, :]
     s, e = start[..., None], end[..., None]
     dur = np.maximum(e - s, 1e-6)
     u = (tt - s) / dur  # 0..1 inside the note
     # phase of a linear sweep f(u) = f0 + (f1 - f0) u: 2 pi (f0 tau + (f1 - f0) tau^2 / (2 dur))
     tau = tt - s
-    phase = 2 * math.pi * (f0[..., None] * tau + (f1 - f0)[..., None] * tau * tau / (2 * dur))
-    fade = np.clip(np.minimum(tau, e - tt) / 0.004, 0, 1)
+    phase = f32(2 * math.pi) * (f0[..., None] * tau + (f1 - f0)[..., None] * tau * tau / (2 * dur))
+    fade = np.clip(np.minimum(tau, e - tt) / f32(0.004), 0, 1)
     on = (u >= 0) & (u < 1)
-    h = harmonic[:, None, None]
-    wave = np.where(on, fade * (np.sin(phase) + h * np.sin(2 * phase)), 0.0)
+    below_nyquist = 2 * np.maximum(f0, f1)[..., None] < 0.45 * SAMPLE_RATE  # no aliased harmonics
+    h = harmonic[:, None, None] * below_nyquist
+    sin = np.sin(phase)
+    wave = np.where(on, fade * sin * (1 + 2 * h * np.cos(phase)), f32(0))  # sin 2p = 2 sin p cos p
     return wave.sum(1)
 
 
