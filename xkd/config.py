@@ -146,6 +146,19 @@ class OutputConfig(Strict):
     run_name: str | None = Field(None, description="folder name; default <name>-<timestamp>")
 
 
+class CGANSection(Strict):
+    """cGAN-KD (Ding et al. 2023; issue 8): the conditional GAN trained once per seed into
+    ``RUN/cgan/`` and the cDR-RS ratio model; ``cgan_kd`` students draw processed fakes from it.
+    ``gan`` and ``subsample`` are validated against ``xkd.cgan.config.GANConfig`` and
+    ``SubsampleConfig`` (``subsample.enabled`` is set per student by ``cgan_kd``'s ``subsample``)."""
+
+    gan: dict[str, Any] = Field(default_factory=dict, description="GANConfig fields")
+    subsample: dict[str, Any] = Field(default_factory=dict, description="SubsampleConfig fields")
+    features: Literal["teacher", "pixels"] = Field(
+        "teacher", description="feature space of the density-ratio model: the teacher's pooled "
+        "features (a classifier trained on the real data, as in the reference) or raw pixels")
+
+
 class ExperimentConfig(Strict):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = 0
@@ -160,6 +173,7 @@ class ExperimentConfig(Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    cgan: CGANSection | None = Field(None, description="cGAN-KD GAN stage (needed by cgan_kd students)")
 
     @field_validator("students")
     @classmethod
@@ -342,6 +356,10 @@ def check_names(cfg: ExperimentConfig, base_dir: Path | None = None) -> None:
                 entry.params.model_validate({**cfg.data.params, **s.data})
             except ValidationError as err:
                 raise _error_from_validation(err, f"{where}.data") from None
+    if cfg.cgan is not None or any(s.method == "cgan_kd" for s in cfg.students):
+        from xkd.cgan.flow_checks import check_cgan
+
+        check_cgan(cfg)
     if cfg.evaluate.metrics is not None:
         try:
             from xkd.metrics import METRICS
@@ -366,4 +384,8 @@ def resolved_dict(cfg: ExperimentConfig) -> dict[str, Any]:
         p = method_params(s)
         if isinstance(p, BaseModel):
             out["students"][i]["params"] = p.model_dump(mode="json")
+    if cfg.cgan is not None:
+        from xkd.cgan.flow_checks import resolved_cgan
+
+        out["cgan"] = resolved_cgan(cfg.cgan)
     return out

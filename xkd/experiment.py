@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Subset
 from xkd import io
 from xkd.config import ExperimentConfig, ExplainConfig, ModelConfig, TrainConfig, method_params, resolved_dict
 from xkd.data import DataBundle, JointAugment, build_data
+from xkd.data.label_scaling import to_original, training_split
 from xkd.distill import DistillContext, Distiller, build_distiller, dataset_labels
 from xkd.engine import (agreement, environment_info, evaluate_predictions, fit, init_distributed,
                         is_main_process, predict, resolve_device)
@@ -42,6 +43,8 @@ class RunContext:
     smoke: bool = False
     log: Any = print
     bundles: dict[str, DataBundle] = field(default_factory=dict)
+    stages: dict[str, Any] = field(default_factory=dict)
+    """Per-seed stage products shared by students (e.g. the cGAN-KD generator, ``xkd.cgan.stage``)."""
 
     def data(self, overrides: dict[str, Any] | None = None) -> DataBundle:
         """The data bundle with per-model overrides (built once per distinct override)."""
@@ -86,10 +89,13 @@ def _n_params(m: torch.nn.Module) -> int:
 
 
 def _train(ctx: RunContext, distiller: Distiller, bundle: DataBundle, train: TrainConfig,
-           out_dir: Path, extras: dict[str, Any] | None, desc: str) -> dict[str, Any]:
-    train_set = JointAugment(bundle.train, bundle.train_transform, extras)
+           out_dir: Path, extras: dict[str, Any] | None, desc: str,
+           train_data: Dataset | None = None) -> dict[str, Any]:
+    real = training_split(bundle.train, bundle)
+    train_set = JointAugment(real if train_data is None else train_data, bundle.train_transform, extras)
     t0 = time.perf_counter()
-    res = fit(distiller, train_set, bundle.val, ctx.train_cfg(train, bundle.task), out_dir, device=ctx.device,
+    val_set = training_split(bundle.val, bundle)  # regression: selection on normalised val MAE
+    res = fit(distiller, train_set, val_set, ctx.train_cfg(train, bundle.task), out_dir, device=ctx.device,
               seed=ctx.seed, deterministic=ctx.cfg.deterministic, resume=ctx.resume,
               task=bundle.task, num_workers=ctx.cfg.data.num_workers, desc=desc, log=ctx.log)
     best = out_dir / "best.pt"
@@ -184,7 +190,15 @@ def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None
             "method": sc.method}
     if extras and bundle.has_masks and is_main_process():
         info.update(weight_map_quality(extras["saliency"], bundle.train))
-    info.update(_train(ctx, d, bundle, train, ctx.folder.student(sc.name), extras, sc.name))
+    train_data = None
+    if getattr(d, "uses_fake_data", False):  # cGAN-KD: real + processed fakes (xkd.cgan.stage)
+        from xkd.cgan.stage import fake_training_set, init_from_student
+
+        train_data, cinfo = fake_training_set(ctx, i, d.params, teacher, bundle)
+        info.update(cinfo)
+        if d.params.init_from is not None:
+            init_from_student(ctx, student, d.params.init_from, f"{path}.params")
+    info.update(_train(ctx, d, bundle, train, ctx.folder.student(sc.name), extras, sc.name, train_data))
     return student, d, info
 
 
@@ -206,8 +220,8 @@ def evaluate_models(ctx: RunContext, models: dict[str, FeatureModel]) -> dict[st
     out: dict[str, dict[str, Any]] = {name: {} for name in models}
     for set_name, ds in bundle.test_sets().items():
         logits = {n: predict(m, ds, ctx.device, bs) for n, m in models.items()}
-        for n, (lg, labels) in logits.items():
-            for k, v in evaluate_predictions(lg, labels, bundle.task).items():
+        for n, (lg, labels) in logits.items():  # regression: outputs back to original units
+            for k, v in evaluate_predictions(to_original(lg, bundle), labels, bundle.task).items():
                 out[n][f"{set_name}_{k}"] = v
             if "teacher" in logits and n != "teacher" and bundle.task == "classification":
                 for k, v in agreement(lg, logits["teacher"][0]).items():

@@ -124,21 +124,28 @@ def _splits(draw, draw_render, p: _SceneParams, seed: int) -> dict[str, TensorSp
     return out
 
 
-def _bundle(name: str, splits: dict[str, TensorSplit], p: _SceneParams, transform) -> DataBundle:
+def _bundle(name: str, splits: dict[str, TensorSplit], p: _SceneParams, transform,
+            label_range: tuple[float, float]) -> DataBundle:
+    """``label_range`` (low, high) of the labels: training sees them min-max normalised to [0, 1]."""
+    low, high = label_range
     return DataBundle(name=name, **splits, num_classes=1, task="regression", has_masks=True,
                       in_channels=3, image_size=p.image_size, mean=MEAN, std=STD,
-                      train_transform=transform)
+                      train_transform=transform, label_offset=float(low),
+                      label_scale=float(max(high - low, 1e-6)))
 
 
 @DATASETS.register("shapes_count", params=CountParams)
 def shapes_count(params: CountParams, cfg: DataConfig, seed: int) -> DataBundle:
     """Count the shapes in the image (float label)."""
     transform = build_train_transform(cfg.augment, params.image_size)
-    return _bundle("shapes_count", _splits(_count_draw, _count_render, params, seed), params, transform)
+    return _bundle("shapes_count", _splits(_count_draw, _count_render, params, seed), params, transform,
+                   (params.min_count, params.max_count))
 
 
 @DATASETS.register("shapes_angle", params=AngleParams)
 def shapes_angle(params: AngleParams, cfg: DataConfig, seed: int) -> DataBundle:
     """Regress an arrow's rotation in radians (no horizontal flip: a mirror changes the angle)."""
     transform = build_train_transform(cfg.augment, params.image_size, hflip_ok=False)
-    return _bundle("shapes_angle", _splits(_angle_draw, _angle_render, params, seed), params, transform)
+    rad = math.radians(params.max_angle)
+    return _bundle("shapes_angle", _splits(_angle_draw, _angle_render, params, seed), params, transform,
+                   (-rad, rad))

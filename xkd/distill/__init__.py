@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from xkd.distill.base import (METHODS, DistillContext, Distiller, MethodParams, StepOutput,
                               list_methods)
 from xkd.distill import ce, e2kd, ffsd, hkd, introspective, kd, reviewkd  # noqa: F401  (registration)
+from xkd.distill import cgan_kd  # noqa: F401,E402  (registration; wraps the methods above)
 from xkd.distill.hkd_memory import dataset_labels
 from xkd.errors import ConfigError, UserError
 from xkd.models.base import FeatureModel
@@ -54,4 +55,8 @@ def build_distiller(method: str, student: FeatureModel, teacher: FeatureModel | 
     if entry.meta.get("needs_teacher", True) and teacher is None:
         raise UserError(f"{where}: method '{method}' needs a teacher; add a 'teacher' section or "
                         f"use method 'ce'")
+    tasks = entry.meta.get("tasks", ("classification", "regression"))
+    if context.task not in tasks:
+        raise UserError(f"{where}.method: '{method}' supports {' and '.join(tasks)} only, but the "
+                        f"dataset's task is '{context.task}'; use ce, reviewkd or cgan_kd")
     return entry.factory(student, teacher, params, context)

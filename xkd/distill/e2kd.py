@@ -39,7 +39,7 @@ class E2KDParams(MethodParams):
         "teacher_top1", description="class explained for both models (paper: teacher top-1)")
 
 
-@METHODS.register("e2kd", params=E2KDParams, needs_teacher=True)
+@METHODS.register("e2kd", params=E2KDParams, needs_teacher=True, tasks=("classification",))
 class E2KDDistiller(Distiller):
     """Hinton KD plus cosine alignment of student and teacher Grad-CAM maps."""
 

@@ -92,7 +92,7 @@ def _acc(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.detach().argmax(1) == y).float().mean())
 
 
-@METHODS.register("ffsd", params=FFSDParams, needs_teacher=False)
+@METHODS.register("ffsd", params=FFSDParams, needs_teacher=False, tasks=("classification",))
 class FFSDDistiller(Distiller):
     """FFSD: the leader is ``student``; common students, Φ, Ψ and G are extra modules."""
 

@@ -51,7 +51,7 @@ class HKDParams(MethodParams):
     smooth: float = Field(0.75, ge=0, le=1, description="bank share of the holistic positive q")
 
 
-@METHODS.register("hkd", params=HKDParams, needs_teacher=True)
+@METHODS.register("hkd", params=HKDParams, needs_teacher=True, tasks=("classification",))
 class HKDDistiller(Distiller):
     """HKD: embedding heads, kNN graph + one graph-conv layer, InfoNCE against memory banks."""
 

@@ -97,7 +97,8 @@ class TargetCache(nn.Module):
         self.register_buffer("made", torch.full((size,), -(1 << 30), dtype=torch.long))
 
 
-@METHODS.register("introspective", params=IntrospectiveParams, needs_teacher=False)
+@METHODS.register("introspective", params=IntrospectiveParams, needs_teacher=False,
+                  tasks=("classification",))
 class IntrospectiveDistiller(Distiller):
     """CE plus KL to soft targets built from the student's own explanations (teacher-free)."""
 

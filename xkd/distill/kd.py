@@ -27,7 +27,7 @@ def require_classification(method: str, context: DistillContext) -> None:
                         f"'{context.task}'; use 'ce' or 'reviewkd' for regression")
 
 
-@METHODS.register("kd", params=KDParams, needs_teacher=True)
+@METHODS.register("kd", params=KDParams, needs_teacher=True, tasks=("classification",))
 class KDDistiller(Distiller):
     """Hinton KD on temperature-softened logits (losses: ``ce``, ``kd``)."""
 

@@ -47,7 +47,8 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device | str, batc
 def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor,
                          task: str = "classification") -> dict[str, float]:
     """Classification: ``acc`` (fraction in [0, 1]) and ``loss`` (mean cross-entropy);
-    regression: ``mae`` and ``loss`` (mean squared error) of the first output. Both give ``n``."""
+    regression: ``mae``, ``rmse`` and ``loss`` (mean squared error) of the first output, in the
+    units of ``logits`` and ``labels`` (the pipeline maps both to original units first). Both give ``n``."""
     n = int(labels.shape[0])
     if n == 0:
         return {"n": 0}
@@ -60,8 +61,8 @@ def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor,
     if task == "regression":
         pred = logits.reshape(n, -1)[:, 0]
         target = labels.float().reshape(n)
-        return {"mae": (pred - target).abs().mean().item(),
-                "loss": F.mse_loss(pred, target).item(), "n": n}
+        mse = F.mse_loss(pred, target).item()
+        return {"mae": (pred - target).abs().mean().item(), "rmse": mse ** 0.5, "loss": mse, "n": n}
     raise ValueError(f"unknown task '{task}'; allowed: classification, regression")
 
 

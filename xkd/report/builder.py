@@ -123,6 +123,10 @@ def _figures(doc: Document, data: RunData, comp: Computed, enabled: bool) -> Non
                    "present: the teacher map that weighted the review loss")
     doc.figure("sanity", F.sanity(comp), "Cascading model-parameter randomisation (teacher)")
     doc.figure("training", F.training(data), "Training curves (history.jsonl)")
+    gan = data.folder.root / "cgan" / "samples.png"  # cGAN-KD: written by xkd.cgan.training
+    if gan.is_file():
+        doc.figure("cgan_samples", gan.read_bytes(), "cGAN-KD: samples of the conditional GAN's EMA "
+                   "generator, one row per class (classification) or per label (regression sweep)")
 
 
 def compose(data: RunData, comp: Computed, agg: dict[str, Any], subset: int | None,

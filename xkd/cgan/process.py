@@ -1,0 +1,102 @@
+"""From a trained cGAN to a processed fake set (cGAN-KD M1 + M2; seed_methods.md 5.3-5.5).
+
+1. Proposals at balanced labels: every class (classification) or ``REG_LABELS`` equally spaced
+   labels over the label range (regression), ``n_prop`` in all.
+2. M1 (``subsample``): class-/label-wise cDR-RS, accepting with probability r(phi(x), y) / M.
+3. M2 (``filter.enabled``): per-class teacher CE quantile (classification) or absolute-error
+   quantile over all fakes with optional relabelling (regression; teacher predictions are mapped
+   to original units and clipped to the label range, as in the reference).
+4. A balanced subset of ``fake_size``: the first survivors of each class / label.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from xkd.cgan.filtering import filter_classification, filter_regression
+from xkd.cgan.subsample import generator_proposer, rejection_sample_per_label
+from xkd.data.base import DataBundle
+from xkd.data.label_scaling import to_original
+from xkd.models.base import FeatureModel
+
+if TYPE_CHECKING:
+    from xkd.experiment import RunContext
+
+REG_LABELS = 20
+"""Distinct conditioning labels of a regression fake set (equally spaced over the label range)."""
+
+
+def _levels(bundle: DataBundle, target_labels: Callable[[DataBundle, int], torch.Tensor]) -> torch.Tensor:
+    k = bundle.num_classes if bundle.task == "classification" else REG_LABELS
+    return target_labels(bundle, k)
+
+
+@torch.no_grad()
+def _teacher_out(ctx: "RunContext", teacher: FeatureModel, images: torch.Tensor, bs: int = 256) -> torch.Tensor:
+    return torch.cat([teacher(images[i:i + bs].to(ctx.device)).float().cpu()
+                      for i in range(0, len(images), bs)]) if len(images) else torch.zeros(0, 1)
+
+
+def _balanced(labels: torch.Tensor, keep: torch.Tensor, levels: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of the first ``ceil(n / L)`` kept samples per level (level = conditioning label),
+    topped up from the remaining kept samples when a level runs short, ``n`` at most."""
+    per = math.ceil(n / len(levels))
+    chosen: list[torch.Tensor] = []
+    for lv in levels:
+        rows = ((labels == lv) & keep).nonzero(as_tuple=True)[0]
+        chosen.append(rows[:per])
+    idx = torch.cat(chosen)
+    if len(idx) < n:
+        rest = keep.clone()
+        rest[idx] = False
+        idx = torch.cat([idx, rest.nonzero(as_tuple=True)[0][: n - len(idx)]])
+    return idx.sort().values[:n]
+
+
+def process_fakes(ctx: "RunContext", stage: Any, ratio: Any, teacher: FeatureModel, bundle: DataBundle,
+                  p: Any, n_prop: int, features: Callable, cond: Callable,
+                  target_labels: Callable) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Images (normalised), labels (original units) and stats/seconds of one processed fake set."""
+    from xkd.cgan.stage import _ratio_cfg
+
+    levels = _levels(bundle, target_labels)
+    per = math.ceil(n_prop / len(levels))
+    t0 = time.perf_counter()
+    propose = generator_proposer(stage.generator, ctx.seed + 17, ctx.device)
+    info: dict[str, Any] = {"fake_proposed": per * len(levels)}
+    if ratio is not None:
+        rc = _ratio_cfg(ctx, True)
+
+        def r_images(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            return ratio(features(ctx, teacher, images), cond(labels, bundle))
+
+        images, labels, st = rejection_sample_per_label(propose, r_images, levels, per, ctx.seed + 23,
+                                                        burn_in=rc.burn_in, batch_size=rc.proposal_batch)
+        info["acceptance_rate"] = float(st["acceptance_rate"])
+    else:
+        labels = levels.repeat_interleave(per)
+        images = propose(labels)
+    info["fake_after_subsample"] = len(labels)
+    info["sampling_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    new_labels = labels.clone()
+    if p.filter.enabled:
+        out = _teacher_out(ctx, teacher, images)
+        if bundle.task == "classification":
+            keep = filter_classification(out, labels.long(), p.filter.quantile)
+        else:
+            pred = to_original(out[:, 0], bundle)
+            lo, hi = bundle.label_offset, bundle.label_offset + bundle.label_scale
+            keep, new_labels = filter_regression(pred, labels.float(), p.filter.quantile,
+                                                 p.filter.relabel, clip=(lo, hi))
+    info["fake_after_filter"] = int(keep.sum())
+    idx = _balanced(labels, keep, levels, p.fake_size)
+    info["filtering_seconds"] = round(time.perf_counter() - t0, 2)
+    out_labels = new_labels[idx]
+    out_labels = out_labels.long() if bundle.task == "classification" else out_labels.float()
+    return images[idx], out_labels, info
