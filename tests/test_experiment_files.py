@@ -1,0 +1,24 @@
+"""Every shipped experiment file validates and passes preflight (``--check`` builds its data, models,
+distillers and explainers without writing anything), so a file in ``experiments/`` cannot rot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xkd.run import main
+
+EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+
+
+def test_the_shipped_files_are_found():
+    names = {p.name for p in EXPERIMENTS}
+    assert {"quickstart.yaml", "decoy_shapes.yaml", "decoy_saliency_mix_sweep.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_experiment_file_passes_preflight(path: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a run folder written by mistake would land here
+    assert main([str(path), "--check", "--set", "device=cpu"]) == 0
+    assert not (tmp_path / "runs").exists()
