@@ -32,7 +32,7 @@ def test_sample_contract_and_bundle() -> None:
     b = _bundle(num_classes=4)
     assert b.modalities == {"video": (3, 5, 16, 16), "image": (3, 16, 16), "audio": (1, 16, 16)}
     assert (b.in_channels, b.image_size, b.num_classes, b.has_masks) == (3, 16, 4, True)
-    assert b.train_transform is None and "av_shapes|" in b.identity and "seed=0" in b.identity
+    assert "av_shapes|" in b.identity and "seed=0" in b.identity
     assert len(b.train) == 40 and len(b.val) == 8 and len(b.test) == 8
     batch = next(iter(DataLoader(b.train, batch_size=8)))
     assert batch["video"].shape == (8, 3, 5, 16, 16) and batch["video"].dtype == torch.float32
@@ -140,3 +140,27 @@ def test_bad_params_are_one_line_config_errors(params: dict, field: str) -> None
     with pytest.raises(ConfigError) as e:
         build_data(DataConfig(name="av_shapes", params=params), seed=0)
     assert str(e.value).startswith(field + ":") and "\n" not in str(e.value)
+
+
+def test_augmentation_moves_every_frame_with_the_image_and_leaves_audio() -> None:
+    from torchvision.transforms import v2
+
+    from xkd.data import JointAugment
+
+    b = _bundle(noise=0.0)
+    assert b.train_transform is not None  # default data.augment: crop padding 4 + flip
+    flip = JointAugment(b.train, v2.RandomHorizontalFlip(p=1.0))
+    raw, out = b.train[2], flip[2]
+    assert torch.equal(out["video"], raw["video"].flip(-1)) and torch.equal(out["image"], raw["image"].flip(-1))
+    assert torch.equal(out["mask"], raw["mask"].flip(-1)) and torch.equal(out["audio"], raw["audio"])
+    aug = JointAugment(b.train, b.train_transform)
+    torch.manual_seed(0)
+    shifted = 0
+    for i in range(12):
+        s, r = aug[i], b.train[i]
+        t = int(b.train.data["frame"][i])
+        assert torch.equal(s["image"], s["video"][:, t])  # the image is still its frame
+        assert s["video"].shape == r["video"].shape and torch.equal(s["audio"], r["audio"])
+        assert torch.equal((s["mask"] > 0), (s["mask"] > 0) & (s["image"] != 0).any(0, keepdim=True))
+        shifted += not torch.equal(s["video"], r["video"])
+    assert shifted >= 9

@@ -85,6 +85,8 @@ class ModelConfig(Strict):
 
 class TeacherConfig(Strict):
     model: ModelConfig
+    modality: str = Field("image", description="batch key the model reads (a modality of the "
+                          "dataset: image, video, audio ...)")
     train: TrainOverride = Field(default_factory=TrainOverride)
     pretrained: bool = Field(
         False, description="true: use model.checkpoint as-is and skip training the teacher")
@@ -96,6 +98,9 @@ class StudentConfig(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
     method: str
     model: ModelConfig
+    modality: str = Field("image", description="batch key the student reads (a dataset modality)")
+    teacher: str | None = Field(None, description="named teacher (a key of 'teachers') that a "
+                                "single-teacher method such as kd learns from")
     params: dict[str, Any] = Field(default_factory=dict)
     train: TrainOverride = Field(default_factory=TrainOverride)
     data: dict[str, Any] = Field(
@@ -167,6 +172,8 @@ class ExperimentConfig(Strict):
     deterministic: bool = False
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig | None = None
+    teachers: dict[str, TeacherConfig] | None = Field(
+        None, description="named teachers, one per modality (multi-modal runs, e.g. ccl)")
     students: list[StudentConfig] = Field(default_factory=list)
     train: TrainConfig = Field(default_factory=TrainConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
@@ -349,7 +356,7 @@ def check_names(cfg: ExperimentConfig, base_dir: Path | None = None) -> None:
                 e.params.model_validate(s.params)
             except ValidationError as err:
                 raise _error_from_validation(err, f"{where}.params") from None
-        if e.meta.get("needs_teacher", True) and cfg.teacher is None:
+        if e.meta.get("needs_teacher", True) and cfg.teacher is None and not cfg.teachers:
             raise ConfigError(f"{where}.method", f"'{s.method}' needs a teacher section")
         if s.data and entry.params is not None:
             try:
@@ -360,6 +367,9 @@ def check_names(cfg: ExperimentConfig, base_dir: Path | None = None) -> None:
         from xkd.cgan.flow_checks import check_cgan
 
         check_cgan(cfg)
+    from xkd.multimodal import check_teachers
+
+    check_teachers(cfg, _check_model)
     if cfg.evaluate.metrics is not None:
         try:
             from xkd.metrics import METRICS

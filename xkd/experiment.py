@@ -43,6 +43,8 @@ class RunContext:
     smoke: bool = False
     log: Any = print
     bundles: dict[str, DataBundle] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)
+    """Model name -> the batch key (modality) it reads; absent = ``image``."""
     stages: dict[str, Any] = field(default_factory=dict)
     """Per-seed stage products shared by students (e.g. the cGAN-KD generator, ``xkd.cgan.stage``)."""
 
@@ -77,11 +79,14 @@ def _shrink(b: DataBundle, n: int) -> DataBundle:
     return out
 
 
-def _model(mc: ModelConfig, b: DataBundle, path: str, seed: int) -> FeatureModel:
+def _model(mc: ModelConfig, b: DataBundle, path: str, seed: int, modality: str = "image") -> FeatureModel:
     """Build a model with initial weights that depend only on (seed, config path)."""
+    from xkd.multimodal import model_geometry
+
     seed_everything(derive_seed(seed, zlib.crc32(path.encode())))
-    return build_model(mc, num_classes=b.num_classes, in_channels=b.in_channels,
-                       image_size=b.image_size, path=path)
+    in_channels, image_size = model_geometry(b, modality)
+    return build_model(mc, num_classes=b.num_classes, in_channels=in_channels,
+                       image_size=image_size, path=path)
 
 
 def _n_params(m: torch.nn.Module) -> int:
@@ -172,18 +177,21 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None
+def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None, named: dict[str, Any] | None = None
                   ) -> tuple[FeatureModel, Distiller, dict[str, Any]]:
+    from xkd.multimodal_flow import student_inputs
+
     sc = ctx.cfg.students[i]
     path = f"students[{i}]"
     bundle = ctx.data(sc.data)
-    student = _model(sc.model, bundle, f"{path}.model", ctx.seed)
+    student = _model(sc.model, bundle, f"{path}.model", ctx.seed, sc.modality)
     train = ctx.cfg.train_for(sc.train)
-    context = DistillContext(example=bundle.train[0]["image"].unsqueeze(0),
+    teacher, mm = student_inputs(ctx, sc, bundle, teacher, named or {})
+    context = DistillContext(example=bundle.train[0][sc.modality].unsqueeze(0),
                              num_classes=bundle.num_classes, task=bundle.task, epochs=train.epochs,
                              dataset_size=len(bundle.train),
                              extras={"path": path, "explain": ctx.cfg.explain,  # labels by train index (hkd)
-                                     "labels": dataset_labels(bundle.train)})
+                                     "labels": dataset_labels(bundle.train), **mm})
     d = build_distiller(sc.method, student, teacher, method_params(sc), context)
     extras = saliency_extras(ctx, d, teacher, bundle, f"{path}.params") if teacher is not None else None
     info = {"params": _n_params(student), "arch": sc.model.name or sc.model.factory,
@@ -219,7 +227,8 @@ def evaluate_models(ctx: RunContext, models: dict[str, FeatureModel]) -> dict[st
     bs = ctx.train_cfg(ctx.cfg.train).batch_size * 2
     out: dict[str, dict[str, Any]] = {name: {} for name in models}
     for set_name, ds in bundle.test_sets().items():
-        logits = {n: predict(m, ds, ctx.device, bs) for n, m in models.items()}
+        logits = {n: predict(m, ds, ctx.device, bs, input_key=ctx.keys.get(n, "image"))
+                  for n, m in models.items()}
         for n, (lg, labels) in logits.items():  # regression: outputs back to original units
             for k, v in evaluate_predictions(to_original(lg, bundle), labels, bundle.task).items():
                 out[n][f"{set_name}_{k}"] = v
@@ -244,23 +253,36 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
         io.write_yaml(folder.config, resolved)
         io.write_json(folder.env, environment_info(seed, argv, device=device) | {"smoke": smoke})
     t_start = time.perf_counter()
+    from xkd.multimodal_flow import multimodal_metrics, train_named_teachers
+
     teacher, tinfo = train_teacher(ctx)
+    named, ninfos = train_named_teachers(ctx)
     models: dict[str, FeatureModel] = {}
     infos: dict[str, dict[str, Any]] = {}
     distillers: dict[str, Distiller] = {}
     if teacher is not None:
         models["teacher"], infos["teacher"] = teacher, {"role": "teacher", "method": "-", **tinfo}
+    for n, ref in named.items():
+        models[n], infos[n] = ref.model, ninfos[n]
     for i, sc in enumerate(cfg.students):
         log(f"[xkd] student {sc.name} ({sc.method}, {sc.model.name or sc.model.factory})")
-        student, d, info = train_student(ctx, i, teacher)
+        student, d, info = train_student(ctx, i, teacher, named)
         models[sc.name], distillers[sc.name], infos[sc.name] = student, d, {"role": "student", **info}
     if not is_main_process():
         return {}
     results = evaluate_models(ctx, models)
+    multimodal_metrics(ctx, models, results)
     for name, info in infos.items():
         target = folder.teacher if name == "teacher" else folder.student(name)
+        if name in named:
+            target = folder.root / "teachers" / name
         io.write_json(target / "metrics.json", {"model": name, **info, **results[name]})
-    export_explanations(ctx, teacher, models, distillers)
+    if ctx.keys:  # multi-modal: per-frame video explanations (xkd.export_video)
+        from xkd.export_video import export_video_explanations
+
+        export_video_explanations(ctx, models)
+    else:
+        export_explanations(ctx, teacher, models, distillers)
     rows = [{"model": n, **infos[n], **results[n]} for n in models]
     summary = {"name": cfg.name, "seed": seed, "smoke": smoke, "rows": rows,
                "task": ctx.data().task, "test_sets": list(ctx.data().test_sets()),

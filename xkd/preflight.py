@@ -29,6 +29,12 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
             bundles[key] = build_data(cfg.data, cfg.seed, over or None)
         return bundles[key]
 
+    from xkd.multimodal import is_multimodal
+
+    if is_multimodal(cfg):  # named teachers / video or audio inputs (issue 7)
+        from xkd.multimodal_preflight import preflight_multimodal
+
+        return preflight_multimodal(cfg, data)
     main = data({})
     teacher = None
     if cfg.teacher is not None:

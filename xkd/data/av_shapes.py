@@ -16,6 +16,10 @@ Each sample holds three views of one labelled event:
 Video scenes, frame choice, sound and missing-audio flags come from separate seeded streams per
 chunk of samples (:func:`xkd.data.tensors.chunk_rng`), so each is deterministic per (seed, split,
 index) and changing e.g. the video parameters leaves labels and sounds unchanged.
+
+Augmentation (``data.augment``: random crop with padding, horizontal flip; every class shape is
+mirror-symmetric up to rotation) is applied by :class:`~xkd.data.transforms.JointAugment` to the
+image, its mask and every frame of the clip with one draw per sample; the audio is never touched.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from xkd.config import DataConfig, Strict
 from xkd.data import av_sound, render
 from xkd.data.base import DATASETS, DataBundle, Sample
 from xkd.data.tensors import CHUNK, chunk_rng
+from xkd.data.transforms import build_train_transform
 
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -180,7 +185,7 @@ def av_shapes(params: AVShapesParams, cfg: DataConfig, seed: int) -> DataBundle:
         image_size=s,
         mean=MEAN,
         std=STD,
-        train_transform=None,
+        train_transform=build_train_transform(cfg.augment, s),
         class_names=list(render.SHAPE_NAMES[: p.num_classes]),
         modalities={"video": (3, t, s, s), "image": (3, s, s), "audio": (1, m, m)},
     )

@@ -43,8 +43,9 @@ def _as_tensor(x: Any) -> torch.Tensor:
 
 class JointAugment(Dataset):
     """Wraps a dataset: attaches ``extras[key][sample["index"]]`` (e.g. a cached (1,H,W)
-    saliency map) to each sample, then applies ``transform`` jointly to the image and all spatial
-    maps. Returns a plain dict of tensors; ``label``, ``index`` and other keys pass untouched.
+    saliency map) to each sample, then applies ``transform`` jointly to the image, all spatial
+    maps and a ``video`` clip (C,T,H,W; every frame gets the image's crop and flip). Returns a
+    plain dict of tensors; ``label``, ``index``, ``audio`` and other keys pass untouched.
 
     ``extras`` values may be tensors, numpy (memory-mapped) arrays or any object indexable by the
     sample index; maps are returned as float32.
@@ -70,7 +71,10 @@ class JointAugment(Dataset):
         spatial = [k for k in sample if k in SPATIAL_KEYS or k in self.extras]
         packed: dict[str, Any] = {"image": tv_tensors.Image(sample["image"])}
         packed.update({k: tv_tensors.Mask(sample[k]) for k in spatial})
+        if "video" in sample:  # (C,T,H,W) clip: the same crop/flip on every frame (tv_tensors: T,C,H,W)
+            packed["video"] = tv_tensors.Video(sample["video"].transpose(0, 1))
         out = self.transform(packed)
         for k, v in out.items():
-            sample[k] = v.as_subclass(torch.Tensor)
+            v = v.as_subclass(torch.Tensor)
+            sample[k] = v.transpose(0, 1).contiguous() if k == "video" else v
         return sample

@@ -33,7 +33,9 @@ class DistillContext:
 
     ``example`` is one training image batch (1,C,H,W) for dry runs; ``num_classes`` and ``task``
     come from the DataBundle; ``epochs`` is the student's epoch budget (for warm-ups);
-    ``dataset_size`` sizes memory banks.
+    ``dataset_size`` sizes memory banks. ``extras['student_key']`` / ``extras['teacher_key']``
+    name the batch keys the student and the teacher read (default ``image``; multi-modal plumbing,
+    docs/CONTRACTS.md); ``extras['teachers']`` holds named teachers for multi-teacher methods.
     """
 
     example: torch.Tensor
@@ -68,6 +70,8 @@ class Distiller(nn.Module):
         super().__init__()
         self.student = student
         self.params = params
+        self.student_key: str = str(context.extras.get("student_key", "image"))
+        self.teacher_key: str = str(context.extras.get("teacher_key", "image"))
         # The teacher is kept out of the module tree so it is never optimised, saved with the
         # student or wrapped in DDP.
         object.__setattr__(self, "teacher", teacher)

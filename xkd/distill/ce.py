@@ -19,9 +19,10 @@ class CEParams(MethodParams):
     """Loss used when the task is regression (ignored for classification)."""
 
 
-@METHODS.register("ce", params=CEParams, needs_teacher=False)
+@METHODS.register("ce", params=CEParams, needs_teacher=False, any_input=True)
 class CEDistiller(Distiller):
-    """No distillation: the student learns from the labels alone (losses: ``ce``)."""
+    """No distillation: the student learns from the labels alone (losses: ``ce``); it reads the
+    batch key ``student_key`` (``image`` unless the student has another modality)."""
 
     needs_teacher = False
 
@@ -31,6 +32,6 @@ class CEDistiller(Distiller):
         self.task = context.task
 
     def forward(self, batch: dict[str, torch.Tensor], epoch: int) -> StepOutput:
-        logits = self.student(batch["image"])
+        logits = self.student(batch[self.student_key])
         loss = task_loss(logits, batch["label"], self.task, self.params.regression_loss)
         return StepOutput(logits=logits, losses={"ce": loss})

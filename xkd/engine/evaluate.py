@@ -20,10 +20,10 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoad
 
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Dataset, device: torch.device | str, batch_size: int = 256,
-            num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+            num_workers: int = 0, input_key: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits (N,K) float32 on CPU, labels (N,))`` in eval mode, no grad; the mode is restored.
 
-    ``model(image)`` must return logits (a :class:`~xkd.models.base.FeatureModel` does). Regression
+    ``model(batch[input_key])`` must return logits (a :class:`~xkd.models.base.FeatureModel` does). Regression
     outputs of shape (N,) are returned as (N,1).
     """
     device = torch.device(device)
@@ -32,7 +32,7 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device | str, batc
     outs, labels = [], []
     try:
         for batch in _loader(dataset, batch_size, num_workers):
-            logits = model(batch["image"].to(device, non_blocking=True))
+            logits = model(batch[input_key].to(device, non_blocking=True))
             if logits.dim() == 1:
                 logits = logits.unsqueeze(1)
             outs.append(logits.detach().float().cpu())

@@ -73,7 +73,8 @@ def _validate(distiller: nn.Module, val_set: Dataset | None, device: torch.devic
     """Validation on rank 0 only (its metrics are broadcast to the other ranks)."""
     val: dict[str, float] = {}
     if val_set is not None and D.is_main_process():
-        logits, labels = predict(distiller.student, val_set, device, batch_size, num_workers)
+        logits, labels = predict(distiller.student, val_set, device, batch_size, num_workers,
+                                 input_key=getattr(distiller, "student_key", "image"))
         m = evaluate_predictions(logits, labels, task)
         val = {f"val_{k}": float(v) for k, v in m.items() if k != "n"}
     return D.broadcast_object(val)
