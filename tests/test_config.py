@@ -30,7 +30,7 @@ BAD = [
     ("bad literal", _with(["device"], "tpu"), "device", "'auto', 'cpu' or 'cuda'"),
     ("unknown dataset", _with(["data", "name"], "imagenet9"), "data.name", "allowed: "),
     ("unknown model", _with(["teacher", "model", "name"], "resnet9000"), "teacher.model.name", "allowed: "),
-    ("unknown method", _with(["students", 1, "method"], "kdd"), "students[1].method", "allowed: ce, "),
+    ("unknown method", _with(["students", 1, "method"], "kdd"), "students[1].method", "allowed: ccl, ce, "),
     ("bad method param", _with(["students", 1, "params"], {"T": -1}), "students[1].params.T", "greater than"),
     ("unknown method param", _with(["students", 1, "params"], {"temp": 2}), "students[1].params.temp", "unknown key"),
     ("missing checkpoint", _with(["teacher", "model", "checkpoint"], "/nonexistent/t.pt"),

@@ -178,6 +178,9 @@ def no_explanations(run: dict[str, Any]) -> str:
         return "the run is still training; explanations/ is written when training ends"
     if run["state"] == "failed":
         return "the run failed before exporting explanations"
+    if (Path(run["path"]) / "explanations" / "video_index.json").is_file():
+        return ("this multi-modal run exports per-frame video explanations instead (frame strips in "
+                "the Sample explorer)")
     if run["task"] != "classification":
         return "xkd exports explanations for classification runs only"
     return "this run folder has no explanations/ (stopped before the export?)"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from xkd.distill.base import (METHODS, DistillContext, Distiller, MethodParams, StepOutput,
                               list_methods)
-from xkd.distill import ce, e2kd, ffsd, hkd, introspective, kd, reviewkd  # noqa: F401  (registration)
+from xkd.distill import ccl, ce, e2kd, ffsd, hkd, introspective, kd, reviewkd  # noqa: F401  (registration)
 from xkd.distill import cgan_kd  # noqa: F401,E402  (registration; wraps the methods above)
 from xkd.distill.hkd_memory import dataset_labels
 from xkd.errors import ConfigError, UserError
@@ -34,6 +34,19 @@ def _validation_error(e: ValidationError, prefix: str) -> ConfigError:
     return ConfigError(path, msg)
 
 
+def _check_input_keys(entry: Any, method: str, where: str, context: DistillContext) -> None:
+    """Only methods registered with ``any_input`` or ``multimodal`` read keys other than image."""
+    odd = [(k, str(context.extras[k])) for k in ("student_key", "teacher_key")
+           if str(context.extras.get(k, "image")) != "image"]
+    if odd and not (entry.meta.get("any_input") or entry.meta.get("multimodal")):
+        key, value = odd[0]
+        ok = [n for n in METHODS.names() if METHODS.entry(n).meta.get("any_input")
+              or METHODS.entry(n).meta.get("multimodal")]
+        field, who = ("modality", "student") if key == "student_key" else ("teacher", "teacher")
+        raise UserError(f"{where}.{field}: method '{method}' reads image input only, got {who} "
+                        f"modality '{value}'; methods for other modalities: {', '.join(ok)}")
+
+
 def build_distiller(method: str, student: FeatureModel, teacher: FeatureModel | None,
                     params: dict[str, Any] | BaseModel | None, context: DistillContext) -> Distiller:
     """Build a registered method; dict params are validated (errors name ``<path>.params.<field>``).
@@ -52,6 +65,7 @@ def build_distiller(method: str, student: FeatureModel, teacher: FeatureModel | 
     elif entry.params is not None and not isinstance(params, entry.params):
         raise UserError(f"{where}.params: expected {entry.params.__name__}, got "
                         f"{type(params).__name__}")
+    _check_input_keys(entry, method, where, context)
     if entry.meta.get("needs_teacher", True) and teacher is None:
         raise UserError(f"{where}: method '{method}' needs a teacher; add a 'teacher' section or "
                         f"use method 'ce'")

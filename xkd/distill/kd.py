@@ -27,9 +27,10 @@ def require_classification(method: str, context: DistillContext) -> None:
                         f"'{context.task}'; use 'ce' or 'reviewkd' for regression")
 
 
-@METHODS.register("kd", params=KDParams, needs_teacher=True, tasks=("classification",))
+@METHODS.register("kd", params=KDParams, needs_teacher=True, any_input=True, tasks=("classification",))
 class KDDistiller(Distiller):
-    """Hinton KD on temperature-softened logits (losses: ``ce``, ``kd``)."""
+    """Hinton KD on temperature-softened logits (losses: ``ce``, ``kd``). Teacher and student may
+    read different batch keys (``teacher_key``, ``student_key``): cross-modal KD on one label space."""
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: KDParams,
                  context: DistillContext) -> None:
@@ -37,10 +38,10 @@ class KDDistiller(Distiller):
         super().__init__(student, teacher, params, context)
 
     def forward(self, batch: dict[str, torch.Tensor], epoch: int) -> StepOutput:
-        x, p = batch["image"], self.params
+        p = self.params
         with torch.no_grad():
-            t_logits = self.teacher(x)
-        logits = self.student(x)
+            t_logits = self.teacher(batch[self.teacher_key])
+        logits = self.student(batch[self.student_key])
         losses = {"ce": (1.0 - p.alpha) * task_loss(logits, batch["label"]),
                   "kd": p.alpha * kd_loss(logits, t_logits, p.T)}
         return StepOutput(logits=logits, losses=losses)

@@ -200,6 +200,9 @@ class _Runner:
         if d.task != "classification":
             return self.skip(metric, f"{d.task} task: explanations and explanation metrics are "
                                      "exported for classification only")
+        if not d.inputs:
+            return self.skip(metric, "no image explanations in this run (a multi-modal run exports "
+                                     "per-frame video explanations: explanations/video_index.json)")
         if kind in ("alignment", "prediction") and d.teacher is None:
             return self.skip(metric, "no teacher in this run to compare the students with")
         if kind == "mask" and not d.has_masks:

@@ -165,6 +165,10 @@ def load_run(run_dir: str | Path, need_explanations: bool = True) -> RunData:
         models["teacher"] = ModelEntry("teacher", "teacher", cfg.teacher.model, t,
                                        io.read_json(t / "metrics.json"),
                                        read_jsonl(t / "history.jsonl"), cfg.teacher.pretrained)
+    for name, tc in (cfg.teachers or {}).items():  # named teachers of a multi-modal run (issue 7)
+        t = folder.root / "teachers" / name
+        models[name] = ModelEntry(name, "teacher", tc.model, t, io.read_json(t / "metrics.json"),
+                                  read_jsonl(t / "history.jsonl"), tc.pretrained)
     for sc in cfg.students:
         if sc.name.startswith(CONTROL_PREFIX):
             raise UserError(f"student name '{sc.name}' clashes with the report's control rows "
@@ -178,6 +182,8 @@ def load_run(run_dir: str | Path, need_explanations: bool = True) -> RunData:
         return data
     if not need_explanations and not index_path.is_file():
         return data
+    if not index_path.is_file() and (folder.explanations / "video_index.json").is_file():
+        return data  # multi-modal run: per-frame video explanations only (xkd.export_video)
     _load_explanations(data, index_path)
     return data
 

@@ -50,6 +50,8 @@ def _columns(summary: dict[str, Any]) -> list[str]:
         cols.append(f"{ts}_{score}")
         if score == "acc":
             cols.append(f"{ts}_agreement")
+        cols += [f"{ts}_{k}" for k in ("r1", "r5")  # retrieval (multi-modal runs, issue 7)
+                 if any(isinstance(r.get(f"{ts}_{k}"), float) for r in summary.get("rows", []))]
     return cols
 
 

@@ -94,10 +94,13 @@ def prediction_table(models: dict[str, Any], results: list[dict[str, Any]], task
                 if s not in sets:
                     sets.append(s)
     header = ["model", "role", "arch", "method", "params"]
+    retrieval = [k for k in ("r1", "r5") if any(isinstance(m.metrics.get(f"test_{k}"), float)
+                                                  for m in models.values())]
     for s in sets:
         header += [f"{s} {score} {'↑' if score == 'acc' else '↓'}"]
         if task == "classification":
             header += [f"{s} agreement ↑", f"{s} KL ↓"]
+        header += [f"{s} R@{k[1:]} ↑" for k in retrieval if s == "test"]
     sub = {(r["metric"], r["model"]): r for r in results if r["category"] == "prediction"}
     extra = [m for m in ("agreement", "kl_divergence") if any(k[0] == m for k in sub)]
     header += [f"eval-subset {m}" for m in extra]
@@ -111,12 +114,15 @@ def prediction_table(models: dict[str, Any], results: list[dict[str, Any]], task
             line.append(fmt(mt.get(f"{s}_{score}")))
             if task == "classification":
                 line += [fmt(mt.get(f"{s}_agreement")), fmt(mt.get(f"{s}_kl"))]
+            line += [fmt(mt.get(f"{s}_{k}")) for k in retrieval if s == "test"]
         for e in extra:
             r = sub.get((e, name))
             line.append(f"{fmt(r['mean'])} [{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]" if r else "-")
         rows.append(line)
     return Table(header, rows, caption="test-set columns from each model's metrics.json (whole test "
-                 "split); eval-subset columns recomputed by the report from the exported logits")
+                 "split); eval-subset columns recomputed by the report from the exported logits"
+                 + ("; R@k: test queries against the train gallery, cosine of pooled embeddings, "
+                    "hit = same label" if retrieval else ""))
 
 
 def cost_table(agg: dict[str, Any]) -> Table:
