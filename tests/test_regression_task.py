@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -99,3 +100,10 @@ def test_regression_smoke_run_reports_mae_rmse_in_original_units(tmp_path: Path)
         assert rows[name]["test_rmse"] >= rows[name]["test_mae"] > 0
     # an untrained-ish model is off by a fraction of the +-60 degree range, in radians
     assert rows["s"]["test_mae"] < 2 * math.radians(60) + 1.0
+    # explanations are exported for the output itself, predictions in original units
+    index = json.loads((out / "explanations" / "index.json").read_text())
+    assert index["task"] == "regression" and index["target_rule"] == "output"
+    arrs = np.load(out / "explanations" / "student_s.npz")
+    assert (arrs["target"] == 0).all() and arrs["map_gradcam"].shape[1:] == (1, 16, 16)
+    b = build_data(DataConfig(name="shapes_angle", params=SMALL), 0)
+    assert np.allclose(arrs["prediction"], arrs["logits"][:, 0] * b.label_scale + b.label_offset, atol=1e-5)

@@ -4,7 +4,8 @@
 ``teacher.npz`` and ``student_<NAME>.npz`` (logits, one saliency map per explainer, ABF attention
 maps per stage, the weighting map the loss saw) and ``index.json`` describing them. Every model
 is explained for the same target: the teacher's top-1 class (e2KD's convention), or the label
-when there is no teacher.
+when there is no teacher; for regression, the output itself (index 0; ``prediction`` holds it in
+the labels' original units).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from xkd import io
 from xkd.config import ExplainConfig
 from xkd.data import DataBundle
+from xkd.data.label_scaling import to_original
 from xkd.distill import Distiller
 from xkd.models import FeatureModel
 
@@ -61,8 +63,7 @@ def export_explanations(ctx: "RunContext", teacher: FeatureModel | None,
     """Write the eval-subset explanations, attention maps and predictions of every model."""
     cfg, folder, device = ctx.cfg, ctx.folder, ctx.device
     bundle = ctx.data()
-    if bundle.task != "classification":
-        return
+    regression = bundle.task == "regression"  # explain the output itself (index 0)
     idx = eval_subset(bundle, cfg.evaluate.subset_size, cfg.evaluate.subset_seed)
     batch = _stack(bundle, idx)
     x, labels = batch["image"].to(device), batch["label"]
@@ -78,15 +79,22 @@ def export_explanations(ctx: "RunContext", teacher: FeatureModel | None,
     io.save_npz(out / "inputs.npz", **inputs)
     with torch.no_grad():
         logits = {n: m.to(device).eval()(x).float().cpu() for n, m in models.items()}
-    target = logits["teacher"].argmax(1) if "teacher" in logits else labels
+    if regression:
+        target = torch.zeros(len(idx), dtype=torch.long)
+        rule = "output"
+    else:
+        target = logits["teacher"].argmax(1) if "teacher" in logits else labels
+        rule = "teacher_top1" if "teacher" in logits else "label"
     index: dict[str, Any] = {"test_set": "test", "n": len(idx), "subset_seed": cfg.evaluate.subset_seed,
-                             "target_rule": "teacher_top1" if "teacher" in logits else "label",
+                             "target_rule": rule, "task": bundle.task,
                              "explainers": list(cfg.evaluate.explainers), "mean": list(bundle.mean),
                              "std": list(bundle.std), "has_masks": "masks" in inputs,
                              "class_names": bundle.class_names, "models": {}}
     for name, model in models.items():
         arrays: dict[str, np.ndarray] = {"logits": logits[name].numpy(),
                                          "target": target.numpy()}
+        if regression:  # predictions in the labels' original units
+            arrays["prediction"] = to_original(logits[name][:, 0], bundle).numpy()
         for method in cfg.evaluate.explainers:
             arrays[f"map_{method}"] = _explain(model, method, x, target.to(device), cfg.explain.max_batch)
         entry: dict[str, Any] = {"file": "teacher.npz" if name == "teacher" else f"student_{name}.npz",

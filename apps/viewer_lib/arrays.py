@@ -87,6 +87,9 @@ def load_explanations(path: str, version: float) -> Explanations | None:
 
 
 def predictions(arrs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Predicted classes (arg-max of the logits), or regression predictions in original units."""
+    if arrs.get("prediction") is not None:
+        return arrs["prediction"]
     lg = arrs.get("logits")
     return None if lg is None or lg.ndim != 2 else lg.argmax(axis=1)
 

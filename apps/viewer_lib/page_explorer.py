@@ -44,8 +44,11 @@ def ordered(tab: pd.DataFrame, focus: str, metric: str, order: str, filters: lis
     return [int(i) for i in t["index"]]
 
 
-def _label(ex: Explanations, c: int | None) -> str:
+def _label(ex: Explanations, c: float | None) -> str:
+    if c is not None and ex.index.get("task") == "regression":  # a value in original units
+        return f"{float(c):.3g}"
     names = ex.index.get("class_names") or []
+    c = None if c is None else int(c)
     return "-" if c is None else (names[c] if 0 <= c < len(names) else str(c))
 
 
@@ -86,13 +89,8 @@ def _pick(ctx: Ctx, tab: pd.DataFrame, focus: str, metric: str, order: str, filt
 
 
 def render(ctx: Ctx) -> None:
-    ex, tab = ctx.ex, None
-    if ex is None:  # a multi-modal run: frame strips of the video models (issue 7)
-        from viewer_lib.video_strip import render_video
-
-        if render_video(ctx.path, str(ctx.run.get("name") or ctx.path.name)):
-            return
     st.header("Sample explorer")
+    ex, tab = ctx.ex, None
     if ex is None or not ex.inputs or not ctx.explainer:
         st.info(f"No exported explanations, so no samples to show: {no_explanations(ctx.run)}.")
         return
@@ -146,7 +144,7 @@ def panel(ctx: Ctx, ex: Explanations, tab: pd.DataFrame, i: int, studs: list[str
     def rng(v: np.ndarray) -> tuple[float, float]:
         return (lo, hi) if scale == "shared" else (float(np.nanmin(v)), float(np.nanmax(v)))
 
-    label = int(ex.inputs["labels"][pos]) if "labels" in ex.inputs else None
+    label = ex.inputs["labels"][pos].item() if "labels" in ex.inputs else None
     tp = predictions(ex.models.get("teacher", {}))
     row = tab.iloc[pos]
     top = [(F.image_tile(disp), f"image #{i} · label {_label(ex, label)}")]
@@ -154,7 +152,7 @@ def panel(ctx: Ctx, ex: Explanations, tab: pd.DataFrame, i: int, studs: list[str
         top.append((F.mask_tile(disp, ex.inputs["masks"][pos]), "ground-truth mask"))
     for m, v in maps.items():
         if m == "teacher":
-            cap = f"teacher · {e} · pred {'-' if tp is None else _label(ex, int(tp[pos]))}"
+            cap = f"teacher · {e} · pred {'-' if tp is None else _label(ex, tp[pos].item())}"
         else:
             cos = row.get(f"{m}:cosine", np.nan)
             cap = f"{m}" + (f" · cos {cos:.2f}" if np.isfinite(cos) else "")

@@ -69,6 +69,7 @@ def summary_rows(ctx_run: dict[str, Any], path: str, st_: float, explainer: str 
     sets = (run["summary"] or {}).get("test_sets") or ["test"]
     score = "acc" if run["task"] == "classification" else "mae"
     cols = [f"{s}_{score}" for s in sets] + [f"{s}_agreement" for s in sets if score == "acc"]
+    cols += [f"{s}_rmse" for s in sets if score == "mae"]
     out = []
     for r in rows:
         o = {"run": run["name"], "model": r.get("model"), "method": r.get("method"), "arch": r.get("arch")}

@@ -162,12 +162,17 @@ def load_run(path: str, version: float) -> dict[str, Any]:
     return {"path": str(p), "name": p.name, "status": status or {}, "state": state,
             "summary": summary, "config": config, "index": index, "seeds": seeds,
             "models": models, "missing": missing,
-            "task": (summary or {}).get("task") or _task(config)}
+            "task": (summary or {}).get("task") or (index or {}).get("task") or _task(p)}
 
 
-def _task(config: dict[str, Any] | None) -> str:
-    name = str(((config or {}).get("data") or {}).get("name", ""))
-    return "regression" if name in ("shapes_count", "shapes_angle") else "classification"
+def _task(p: Path) -> str:
+    """The task of a run without summary.json yet: regression when a model's metrics.json
+    (written as each model finishes) has a ``*_mae`` column."""
+    for f in [p / "teacher" / "metrics.json", *sorted(p.glob("students/*/metrics.json"))]:
+        m = read_json(f) or {}
+        if any(str(k).endswith("_mae") for k in m):
+            return "regression"
+    return "classification"
 
 
 def no_explanations(run: dict[str, Any]) -> str:
@@ -181,8 +186,6 @@ def no_explanations(run: dict[str, Any]) -> str:
     if (Path(run["path"]) / "explanations" / "video_index.json").is_file():
         return ("this multi-modal run exports per-frame video explanations instead (frame strips in "
                 "the Sample explorer)")
-    if run["task"] != "classification":
-        return "xkd exports explanations for classification runs only"
     return "this run folder has no explanations/ (stopped before the export?)"
 
 
