@@ -89,8 +89,13 @@ def _pick(ctx: Ctx, tab: pd.DataFrame, focus: str, metric: str, order: str, filt
 
 
 def render(ctx: Ctx) -> None:
-    st.header("Sample explorer")
     ex, tab = ctx.ex, None
+    if ex is None:  # a multi-modal run: frame strips of the video models (issue 7)
+        from viewer_lib.video_strip import render_video
+
+        if render_video(ctx.path, str(ctx.run.get("name") or ctx.path.name)):
+            return
+    st.header("Sample explorer")
     if ex is None or not ex.inputs or not ctx.explainer:
         st.info(f"No exported explanations, so no samples to show: {no_explanations(ctx.run)}.")
         return
