@@ -123,3 +123,29 @@ def test_fake_file_from_another_dataset_or_label_range_is_refused(tmp_path: Path
     fake, real = FakeSplit(images, labels, offset=len(cls.train)), RealOnly(cls.train)
     assert set(fake[0]) == set(real[0]) == {"image", "label", "index"}
     assert int(fake[3]["index"]) == len(cls.train) + 3 and fake[3]["label"].dtype == real[0]["label"].dtype
+
+
+def test_budgeted_rejection_accepts_with_probability_r_over_m_and_stops_at_budget():
+    from xkd.cgan.process import budgeted_rejection
+
+    gen = torch.Generator().manual_seed(0)
+
+    def propose(ys: torch.Tensor) -> torch.Tensor:  # x ~ U(0, 1), ratio r(x) = x, M -> 1
+        return torch.rand(len(ys), generator=gen)
+
+    def ratio(x: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        return x
+
+    levels = torch.tensor([0, 1])
+    x, ys, st = budgeted_rejection(propose, ratio, levels, quota=2000, seed=3, burn_in=200, batch_size=500)
+    # accepted density 2x on [0, 1]: mean 2/3, P(x < 1/2) = 1/4; acceptance E[r]/M = 1/2
+    assert len(x) == 4000 and (ys == 0).sum() == 2000 == (ys == 1).sum()
+    assert abs(float(x.mean()) - 2 / 3) < 0.015 and abs(float((x < 0.5).float().mean()) - 0.25) < 0.02
+    assert abs(st["acceptance_rate"] - 0.5) < 0.03
+
+    def rare(x: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:  # E[r] / M ~ 1/51: ~2% accepted
+        return x.double() ** 50
+
+    x, ys, st = budgeted_rejection(propose, rare, torch.tensor([0]), quota=50, seed=3, burn_in=10,
+                                   batch_size=100, budget=4)
+    assert st["proposed"] == 200 and len(x) == st["accepted"] < 50

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from xkd.cgan.filtering import filter_classification, filter_regression
-from xkd.cgan.subsample import generator_proposer, rejection_sample_per_label
+from xkd.cgan.subsample import generator_proposer
+from xkd.engine.env import derive_seed
 from xkd.data.base import DataBundle
 from xkd.data.label_scaling import to_original
 from xkd.models.base import FeatureModel
@@ -28,6 +29,42 @@ if TYPE_CHECKING:
 
 REG_LABELS = 20
 """Distinct conditioning labels of a regression fake set (equally spaced over the label range)."""
+PROPOSAL_BUDGET = 20
+"""cDR-RS draws at most this many proposals per wanted sample of a label (after burn-in); a label
+whose ratio model accepts less keeps what it accepted (``fake_used`` records the final size)."""
+
+
+def budgeted_rejection(propose_labels: Callable[[torch.Tensor], torch.Tensor], ratio: Callable,
+                       levels: torch.Tensor, quota: int, seed: int, burn_in: int, batch_size: int,
+                       budget: int = PROPOSAL_BUDGET) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Per-label cDR-RS (cGAN-KD M1, seed_methods.md 5.3) with a proposal budget: for label j, a
+    burn-in sets M, then each proposal is accepted with probability r / M, M the running maximum;
+    stops at ``quota`` accepted or ``budget * quota`` proposals. Same draws as
+    :func:`xkd.cgan.subsample.rejection_sample_per_label` while within budget."""
+    items, labels, proposed, accepted = [], [], 0, 0
+    for j, lab in enumerate(levels):
+        gen = torch.Generator().manual_seed(int(derive_seed(seed, j)))
+        ys = lab.expand(burn_in).clone()
+        m = float(ratio(propose_labels(ys), ys).max()) if burn_in > 0 else 0.0
+        got, n_prop = 0, 0
+        while got < quota and n_prop < budget * quota:
+            ys = lab.expand(batch_size).clone()
+            x = propose_labels(ys)
+            r = ratio(x, ys).double().cpu()
+            m = max(m, float(r.max()))
+            u = torch.rand(len(r), generator=gen, dtype=torch.float64)
+            keep = (u * m < r) if m > 0 else torch.zeros(len(r), dtype=torch.bool)
+            n_prop += len(r)
+            got += int(keep.sum())
+            items.append(x[keep.to(x.device)])
+            labels.append(ys[keep.to(ys.device)])
+        # keep at most ``quota`` of this label (the first accepted, as the reference truncates)
+        extra = got - quota
+        if extra > 0:
+            items[-1], labels[-1] = items[-1][: len(items[-1]) - extra], labels[-1][: len(labels[-1]) - extra]
+        proposed, accepted = proposed + n_prop, accepted + min(got, quota)
+    stats = {"proposed": proposed, "accepted": accepted, "acceptance_rate": accepted / max(proposed, 1)}
+    return torch.cat(items), torch.cat(labels), stats
 
 
 def _levels(bundle: DataBundle, target_labels: Callable[[DataBundle, int], torch.Tensor]) -> torch.Tensor:
@@ -74,8 +111,8 @@ def process_fakes(ctx: "RunContext", stage: Any, ratio: Any, teacher: FeatureMod
         def r_images(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             return ratio(features(ctx, teacher, images), cond(labels, bundle))
 
-        images, labels, st = rejection_sample_per_label(propose, r_images, levels, per, ctx.seed + 23,
-                                                        burn_in=rc.burn_in, batch_size=rc.proposal_batch)
+        images, labels, st = budgeted_rejection(propose, r_images, levels, per, ctx.seed + 23,
+                                                burn_in=rc.burn_in, batch_size=rc.proposal_batch)
         info["acceptance_rate"] = float(st["acceptance_rate"])
     else:
         labels = levels.repeat_interleave(per)
