@@ -129,3 +129,15 @@ def test_generate_does_not_depend_on_batch_size(tmp_path: Path) -> None:
     a = generate(g, labels, seed=7, batch_size=3)
     assert a.shape == (10, 3, 16, 16)
     assert torch.allclose(a, generate(g, labels, seed=7, batch_size=256), atol=1e-6)
+
+
+def test_minibatch_std_per_class_matches_torch_std() -> None:
+    from xkd.cgan.networks import minibatch_std
+
+    h = torch.randn(6, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 0, 1, 1, 1, 2])
+    out = minibatch_std(h, y)[:, 0, 0, 0]
+    f = h.flatten(1)
+    want = [f[:2].std(0, unbiased=False).mean()] * 2 + [f[2:5].std(0, unbiased=False).mean()] * 3 + [0.0]
+    assert torch.allclose(out, torch.tensor(want), atol=1e-4)  # a class seen once gets 0
+    assert torch.allclose(minibatch_std(h)[:, 0, 0, 0], f.std(0, unbiased=False).mean().expand(6), atol=1e-4)

@@ -23,12 +23,12 @@ class GANConfig(Strict):
     d_channels: int = Field(32, ge=4, description="base channels of the discriminator")
     embed_dim: int = Field(64, ge=1, description="label embedding size (class embedding or "
                            "embedding of the normalised continuous label)")
-    steps: int = Field(1500, ge=1, description="generator updates")
-    d_steps: int = Field(1, ge=1, description="discriminator updates per generator update")
+    steps: int = Field(1000, ge=1, description="generator updates")
+    d_steps: int = Field(2, ge=1, description="discriminator updates per generator update")
     batch_size: int = Field(32, ge=2)
     lr_g: float = Field(2e-4, gt=0)
-    lr_d: float = Field(4e-4, gt=0)
-    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of both networks")
+    lr_d: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = Field((0.0, 0.9), description="Adam betas of both networks")
     ema_decay: float = Field(0.99, ge=0, lt=1, description="EMA of the generator's weights")
     ema_start: int = Field(100, ge=0, description="step before which the EMA copies G")
     diffaugment: bool = Field(True, description="differentiable translation + colour augmentation "

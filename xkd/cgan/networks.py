@@ -112,18 +112,28 @@ class Generator(nn.Module):
         return x
 
 
-def minibatch_std(h: torch.Tensor) -> torch.Tensor:
-    """(B,1,H,W) channel holding the mean over features of the batch standard deviation."""
-    std = (h.var(dim=0, unbiased=False) + 1e-8).sqrt().mean() if len(h) > 1 else h.new_zeros(())
-    return std.expand(len(h), 1, h.shape[2], h.shape[3])
+def minibatch_std(h: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,1,H,W) channel: the mean over features of the standard deviation across the batch, or,
+    given class ids ``groups``, across the samples of each sample's own class (0 for a class seen
+    once). The per-class form lets a conditional D see a class that collapsed to one image."""
+    f = h.flatten(1)
+    if groups is None:
+        std = (f.var(dim=0, unbiased=False) + 1e-8).sqrt().mean() if len(f) > 1 else f.new_zeros(())
+        return std.expand(len(h), 1, h.shape[2], h.shape[3])
+    onehot = F.one_hot(groups.long()).to(f.dtype)  # (B, K)
+    count = onehot.sum(0).clamp_min(1)[:, None]
+    mean = onehot.t() @ f / count
+    var = (onehot.t() @ (f * f) / count - mean ** 2).clamp_min(0)
+    std = ((var + 1e-8).sqrt().mean(1) * (count.squeeze(1) > 1))[groups.long()]
+    return std.view(-1, 1, 1, 1).expand(len(h), 1, h.shape[2], h.shape[3])
 
 
 class Discriminator(nn.Module):
     """Projection discriminator with spectral norm (the SNGAN "standard CNN", smaller): three
     stages of a 4x4 stride-2 conv and a 3x3 conv (d, 2d, 4d channels), global sum pooling,
     D(x, y) = w^T phi(x) + <e(y), phi(x)> (Miyato & Koyama 2018, eq. 3). Before the last conv a
-    minibatch-standard-deviation channel (Karras et al. 2018, section 3) lets D see a batch's
-    diversity, which counters mode collapse."""
+    minibatch-standard-deviation channel (Karras et al. 2018, section 3; per class for
+    classification) lets D see a batch's diversity, which counters mode collapse."""
 
     def __init__(self, task: str, num_classes: int, channels: int, d_channels: int,
                  label_lo: float = 0.0, label_hi: float = 1.0) -> None:
@@ -145,5 +155,6 @@ class Discriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, normalised: bool = False) -> torch.Tensor:
         h = self.features(x)
-        phi = self.last(torch.cat([h, minibatch_std(h)], 1)).sum(dim=(2, 3))
+        groups = y if self.embed.task == "classification" else None
+        phi = self.last(torch.cat([h, minibatch_std(h, groups)], 1)).sum(dim=(2, 3))
         return self.linear(phi).squeeze(1) + (self.embed(y, normalised) * phi).sum(1)
