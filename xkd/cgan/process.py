@@ -104,7 +104,7 @@ def process_fakes(ctx: "RunContext", stage: Any, ratio: Any, teacher: FeatureMod
     per = math.ceil(n_prop / len(levels))
     t0 = time.perf_counter()
     propose = generator_proposer(stage.generator, ctx.seed + 17, ctx.device)
-    info: dict[str, Any] = {"fake_proposed": per * len(levels)}
+    info: dict[str, Any] = {"fake_proposed": per * len(levels)}  # generated (burn-in included)
     if ratio is not None:
         rc = _ratio_cfg(ctx, True)
 
@@ -114,6 +114,7 @@ def process_fakes(ctx: "RunContext", stage: Any, ratio: Any, teacher: FeatureMod
         images, labels, st = budgeted_rejection(propose, r_images, levels, per, ctx.seed + 23,
                                                 burn_in=rc.burn_in, batch_size=rc.proposal_batch)
         info["acceptance_rate"] = float(st["acceptance_rate"])
+        info["fake_proposed"] = int(st["proposed"]) + rc.burn_in * len(levels)  # generated in all
     else:
         labels = levels.repeat_interleave(per)
         images = propose(labels)
