@@ -107,3 +107,11 @@ def test_regression_smoke_run_reports_mae_rmse_in_original_units(tmp_path: Path)
     assert (arrs["target"] == 0).all() and arrs["map_gradcam"].shape[1:] == (1, 16, 16)
     b = build_data(DataConfig(name="shapes_angle", params=SMALL), 0)
     assert np.allclose(arrs["prediction"], arrs["logits"][:, 0] * b.label_scale + b.label_offset, atol=1e-5)
+
+
+def test_regression_run_checks_its_explainers_before_any_folder(tmp_path: Path, capsys):
+    path = _regression_exp(tmp_path)
+    assert main([str(path), "--out", str(tmp_path / "run"), "--set", "explain.params.layer=layer9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: explain") and "layer9" in err[0]
+    assert not (tmp_path / "run").exists()

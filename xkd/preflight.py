@@ -42,10 +42,9 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
         teacher = build_model(cfg.teacher.model, num_classes=tb.num_classes, in_channels=tb.in_channels,
                               image_size=tb.image_size, path="teacher.model")
         teacher.eval()
-        if main.task == "classification":
-            for i, m in enumerate(cfg.evaluate.explainers):
-                build_from_config(ExplainConfig(method=m), teacher, path=f"evaluate.explainers[{i}]")
-            build_from_config(cfg.explain, teacher, path="explain")
+        for i, m in enumerate(cfg.evaluate.explainers):  # regression runs export them too
+            build_from_config(ExplainConfig(method=m), teacher, path=f"evaluate.explainers[{i}]")
+        build_from_config(cfg.explain, teacher, path="explain")
     for i, sc in enumerate(cfg.students):
         path = f"students[{i}]"
         b = data(sc.data)
