@@ -5,7 +5,8 @@ optional DiffAugment and an EMA copy of G. All randomness after initialisation c
 ``torch.Generator`` whose state is checkpointed, so a resumed run ends bit-identical (on CPU) to an
 uninterrupted one. Files in ``out_dir``: ``last.pt`` (every ``checkpoint_every`` steps; G, D, EMA G,
 optimisers, RNG state, step), ``history.jsonl`` (losses every ``log_every`` steps), and at the end
-``generator.pt`` (EMA G + architecture) and ``samples.png``. Images are de-normalised for the grid
+``generator.pt`` (EMA G + architecture + ``seconds``, the training wall time summed over resumed
+parts) and ``samples.png``. Images are de-normalised for the grid
 with ``mean``/``std`` when given, else with the dataset's ``mean``/``std`` attributes
 (:class:`xkd.data.tensors.TensorSplit` has them), else shown as they are.
 """
@@ -121,7 +122,7 @@ class _Run:
         self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.lr_g, betas=cfg.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), cfg.lr_d, betas=cfg.betas)
         self.gen = torch.Generator().manual_seed(seed)
-        self.step = 0
+        self.step, self.seconds = 0, 0.0
         if task == "classification":
             self.y = y.long()
         else:
@@ -175,7 +176,8 @@ class _Run:
     def state(self, ident: dict[str, Any]) -> dict[str, Any]:
         return {"step": self.step, "G": self.G.state_dict(), "D": self.D.state_dict(),
                 "G_ema": self.G_ema.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "rng": self.gen.get_state(), "identity": ident}
+                "opt_d": self.opt_d.state_dict(), "rng": self.gen.get_state(), "identity": ident,
+                "seconds": self.seconds}
 
     def load(self, ckpt: dict[str, Any]) -> None:
         self.G.load_state_dict(ckpt["G"])
@@ -184,7 +186,7 @@ class _Run:
         self.opt_g.load_state_dict(ckpt["opt_g"])
         self.opt_d.load_state_dict(ckpt["opt_d"])
         self.gen.set_state(ckpt["rng"])
-        self.step = int(ckpt["step"])
+        self.step, self.seconds = int(ckpt["step"]), float(ckpt.get("seconds", 0.0))
 
 
 def train_gan(cfg: GANConfig, train_set: Dataset, task: str, num_classes: int, out_dir: Path,
@@ -219,12 +221,12 @@ def train_gan(cfg: GANConfig, train_set: Dataset, task: str, num_classes: int, o
     elif hist.exists():
         hist.unlink()
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    t0, seconds = time.perf_counter(), 0.0
+    t0, start = time.perf_counter(), run.seconds
     while run.step < end:
         losses = run.train_step()
+        run.seconds = start + time.perf_counter() - t0
         if run.step % cfg.log_every == 0 or run.step == cfg.steps:
-            seconds = time.perf_counter() - t0
-            append_jsonl(hist, {"step": run.step, **losses, "seconds": seconds})
+            append_jsonl(hist, {"step": run.step, **losses, "seconds": round(run.seconds, 3)})
             log(f"GAN step {run.step}/{cfg.steps}: " +
                 ", ".join(f"{k} {v:.3f}" for k, v in losses.items()))
         if run.step % cfg.checkpoint_every == 0 or run.step == end:
@@ -232,7 +234,7 @@ def train_gan(cfg: GANConfig, train_set: Dataset, task: str, num_classes: int, o
     if run.step < cfg.steps:
         return run.G_ema.eval()
     torch_save(final, {"arch": run.G_ema.arch, "state": run.G_ema.state_dict(), "identity": ident,
-                       "seconds": time.perf_counter() - t0})
+                       "seconds": run.seconds})
     m, s = _mean_std(train_set, mean, std, x.shape[1])
     save_sample_grid(run.G_ema, out_dir / "samples.png", m, s, seed=seed, device=device)
     return run.G_ema.eval()
