@@ -68,7 +68,10 @@ def test_hinge_losses_hand_computed() -> None:
     assert float(lr) == pytest.approx((0 + 0.5 + 2) / 3) and float(lf) == pytest.approx((0 + 1 + 2) / 3)
     w = torch.tensor([1.0, 0.5, 0.0])
     lr, lf = hinge_d_loss(real, fake, w, w)
-    assert float(lr) == pytest.approx((0 + 0.25 + 0) / 3) and float(lf) == pytest.approx((0 + 0.5 + 0) / 3)
+    # self-normalised: sum(w l) / sum(w) with sum(w) = 1.5
+    assert float(lr) == pytest.approx(0.25 / 1.5) and float(lf) == pytest.approx(0.5 / 1.5)
+    lr, _ = hinge_d_loss(real, fake, 10 * w, w)
+    assert float(lr) == pytest.approx(0.25 / 1.5)  # invariant to the weights' scale
     assert float(hinge_g_loss(fake)) == pytest.approx(1 / 3)
 
 
