@@ -92,7 +92,7 @@ def test_regression_dataset_with_kd_is_exit_2_before_any_folder(tmp_path: Path, 
 def test_regression_smoke_run_reports_mae_rmse_in_original_units(tmp_path: Path):
     path = _regression_exp(tmp_path)
     out = tmp_path / "run"
-    assert main([str(path), "--smoke", "--out", str(out), "--set", "report.enabled=false"]) == 0
+    assert main([str(path), "--smoke", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "regression"
     rows = {r["model"]: r for r in summary["rows"]}
@@ -107,6 +107,11 @@ def test_regression_smoke_run_reports_mae_rmse_in_original_units(tmp_path: Path)
     assert (arrs["target"] == 0).all() and arrs["map_gradcam"].shape[1:] == (1, 16, 16)
     b = build_data(DataConfig(name="shapes_angle", params=SMALL), 0)
     assert np.allclose(arrs["prediction"], arrs["logits"][:, 0] * b.label_scale + b.label_offset, atol=1e-5)
+    # the report's prediction table has MAE and RMSE (original units) per model
+    md = (out / "report" / "report.md").read_text()
+    assert "test mae ↓ | test rmse ↓" in md
+    line = next(x for x in md.splitlines() if x.startswith("| s |"))
+    assert f"{rows['s']['test_rmse']:.3f}" in line and f"{rows['s']['test_mae']:.3f}" in line
 
 
 def test_regression_run_checks_its_explainers_before_any_folder(tmp_path: Path, capsys):

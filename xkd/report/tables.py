@@ -83,7 +83,7 @@ def _nan(v: Any) -> bool:
 
 
 def prediction_table(models: dict[str, Any], results: list[dict[str, Any]], task: str) -> Table:
-    """Accuracy (or MAE) per test set, agreement and KL with the teacher (metrics.json), plus the
+    """Accuracy (or MAE and RMSE, original units) per test set, agreement and KL with the teacher (metrics.json), plus the
     eval-subset agreement and KL (report, mean [95 % CI])."""
     score = "acc" if task == "classification" else "mae"
     sets: list[str] = []
@@ -100,6 +100,8 @@ def prediction_table(models: dict[str, Any], results: list[dict[str, Any]], task
         header += [f"{s} {score} {'↑' if score == 'acc' else '↓'}"]
         if task == "classification":
             header += [f"{s} agreement ↑", f"{s} KL ↓"]
+        else:
+            header += [f"{s} rmse ↓"]
         header += [f"{s} R@{k[1:]} ↑" for k in retrieval if s == "test"]
     sub = {(r["metric"], r["model"]): r for r in results if r["category"] == "prediction"}
     extra = [m for m in ("agreement", "kl_divergence") if any(k[0] == m for k in sub)]
@@ -114,6 +116,8 @@ def prediction_table(models: dict[str, Any], results: list[dict[str, Any]], task
             line.append(fmt(mt.get(f"{s}_{score}")))
             if task == "classification":
                 line += [fmt(mt.get(f"{s}_agreement")), fmt(mt.get(f"{s}_kl"))]
+            else:
+                line += [fmt(mt.get(f"{s}_rmse"))]
             line += [fmt(mt.get(f"{s}_{k}")) for k in retrieval if s == "test"]
         for e in extra:
             r = sub.get((e, name))
