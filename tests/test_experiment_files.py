@@ -14,7 +14,8 @@ EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob(
 
 def test_the_shipped_files_are_found():
     names = {p.name for p in EXPERIMENTS}
-    assert {"quickstart.yaml", "decoy_shapes.yaml", "decoy_saliency_mix_sweep.yaml"} <= names
+    assert {"quickstart.yaml", "decoy_shapes.yaml", "decoy_saliency_mix_sweep.yaml",
+            "decoy_shapes_distill_only.yaml"} <= names
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
