@@ -181,7 +181,7 @@ def test_aggregate_seeds_mean_and_sample_std():
 
 
 def test_weight_map_quality_against_hand_values():
-    from xkd.experiment import weight_map_quality
+    from xkd.teacher_saliency import weight_map_quality
 
     class Cache:
         array = np.zeros((2, 1, 4, 4), dtype=np.float16)

@@ -16,16 +16,16 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from xkd import io
-from xkd.config import ExperimentConfig, ExplainConfig, ModelConfig, TrainConfig, method_params, resolved_dict
+from xkd.config import ExperimentConfig, ModelConfig, TrainConfig, method_params, resolved_dict
 from xkd.data import DataBundle, JointAugment, build_data
 from xkd.data.label_scaling import to_original, training_split
 from xkd.distill import DistillContext, Distiller, build_distiller, dataset_labels
 from xkd.engine import (agreement, environment_info, evaluate_predictions, fit, init_distributed,
                         is_main_process, predict, resolve_device)
 from xkd.engine.env import derive_seed, seed_everything
-from xkd.errors import UserError
 from xkd.models import FeatureModel, build as build_model
 from xkd.runfolder import RunFolder
+from xkd.teacher_saliency import saliency_extras, weight_map_quality
 
 SMOKE_SAMPLES = 64
 """Samples per split in ``--smoke`` mode (every stage runs, on a few batches, for one epoch)."""
@@ -137,46 +137,6 @@ def train_teacher(ctx: RunContext) -> tuple[FeatureModel | None, dict[str, Any]]
     return teacher, info
 
 
-def saliency_extras(ctx: RunContext, d: Distiller, teacher: FeatureModel, bundle: DataBundle,
-                    path: str) -> dict[str, Any] | None:
-    """Attach the teacher saliency a distiller asks for: a cache, or an online explainer."""
-    spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
-    if spec is None:
-        return None
-    from xkd.explain import SaliencyCache, build_from_config
-
-    ecfg = _explain_cfg(ctx.cfg.explain, spec, path)
-    if not ecfg.cache:
-        d.set_teacher_explainer(build_from_config(ecfg, teacher, path=f"{path}.explainer"), ecfg.target)
-        return None
-    _barrier()
-    cache = None
-    if is_main_process():
-        cache = SaliencyCache.build_or_load(ctx.folder.saliency, teacher, bundle.train, ecfg,
-                                            bundle.identity, ctx.device, batch_size=ecfg.max_batch)
-    _barrier()
-    if cache is None:
-        cache = SaliencyCache.build_or_load(ctx.folder.saliency, teacher, bundle.train, ecfg,
-                                            bundle.identity, ctx.device, batch_size=ecfg.max_batch)
-    return {"saliency": cache}
-
-
-def _explain_cfg(base: ExplainConfig, spec: dict[str, Any] | None, path: str) -> ExplainConfig:
-    merged = base.model_dump()
-    for k, v in (spec or {}).items():
-        if v is not None:
-            merged[k] = v
-    try:
-        return ExplainConfig.model_validate(merged)
-    except Exception as e:  # noqa: BLE001
-        raise UserError(f"{path}.explainer: {str(e).splitlines()[-1]}") from None
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None, named: dict[str, Any] | None = None
                   ) -> tuple[FeatureModel, Distiller, dict[str, Any]]:
     from xkd.multimodal_flow import student_inputs
@@ -208,17 +168,6 @@ def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None, named: 
             init_from_student(ctx, student, d.params.init_from, f"{path}.params")
     info.update(_train(ctx, d, bundle, train, ctx.folder.student(sc.name), extras, sc.name, train_data))
     return student, d, info
-
-
-def weight_map_quality(cache: Any, dataset: Dataset, tolerance: float = 2.0) -> dict[str, float]:
-    """How well the weighting maps of the training split sit on the objects (teacher map quality):
-    relevance mass accuracy and pointing game of the cached maps against the ground-truth masks."""
-    from xkd.metrics.localisation import pointing_game, relevance_mass_accuracy
-
-    masks = torch.stack([dataset[i]["mask"] for i in range(len(dataset))])
-    maps = torch.from_numpy(cache.array[: len(dataset)].astype("float32"))
-    return {"weight_map_relevance_mass": relevance_mass_accuracy(maps, masks).mean(),
-            "weight_map_pointing_game": pointing_game(maps, masks, tolerance=tolerance).mean()}
 
 
 def evaluate_models(ctx: RunContext, models: dict[str, FeatureModel]) -> dict[str, dict[str, Any]]:

@@ -124,10 +124,10 @@ def _weight_map(ctx: "RunContext", d: Distiller, x: torch.Tensor, labels: torch.
     spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
     if spec is None or teacher is None:
         return None
-    from xkd.experiment import _explain_cfg
+    from xkd.teacher_saliency import explain_config
     from xkd.explain import build_from_config, resolve_targets
 
-    ecfg = _explain_cfg(ctx.cfg.explain, spec, "explain")
+    ecfg = explain_config(ctx.cfg.explain, spec, "explain")
     with torch.no_grad():
         t_logits = teacher(x)
     target = resolve_targets(ecfg.target, labels.to(x.device), teacher_logits=t_logits,
