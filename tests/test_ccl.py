@@ -229,3 +229,7 @@ def test_bad_inputs_one_line():
     # image-only methods refuse a video student with one line naming the field
     with pytest.raises(UserError, match=r"students\[2\]\.modality: method 'reviewkd' reads image input only"):
         build_distiller("reviewkd", video, img.model, {}, ctx)
+    # a regression dataset is refused by the shared task check (registry meta tasks)
+    ctx.task = "regression"
+    with pytest.raises(UserError, match=r"students\[2\]\.method: 'ccl' supports classification only"):
+        build_distiller("ccl", video, None, {"variant": "I"}, ctx)

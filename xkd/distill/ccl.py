@@ -31,7 +31,7 @@ from torch import nn
 
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
 from xkd.distill.ccl_losses import CompositionHead, symmetric_contrastive, symmetric_kl
-from xkd.errors import ConfigError, UserError
+from xkd.errors import ConfigError
 from xkd.models.base import FeatureModel
 
 TEACHER_MODALITIES = ("audio", "image")
@@ -87,7 +87,8 @@ def _pick(teachers: dict[str, TeacherRef], modality: str, name: str | None, wher
     return found[0]
 
 
-@METHODS.register("ccl", params=CCLParams, needs_teacher=False, multimodal=True)
+@METHODS.register("ccl", params=CCLParams, needs_teacher=False, multimodal=True,
+                  tasks=("classification",))
 class CCLDistiller(Distiller):
     """Video student + frozen named teachers + trainable composition heads (``extra_modules``)."""
 
@@ -99,8 +100,6 @@ class CCLDistiller(Distiller):
         where = str(context.extras.get("path", "ccl"))
         teachers: dict[str, TeacherRef] = dict(context.extras.get("teachers") or {})
         examples: dict[str, torch.Tensor] = dict(context.extras.get("inputs") or {})
-        if context.task != "classification":
-            raise UserError(f"{where}.method: 'ccl' needs a classification task, got '{context.task}'")
         if not teachers:
             raise ConfigError(f"{where}.method", "'ccl' needs named teachers: add a 'teachers' section "
                               "with an audio and/or image teacher")
