@@ -32,7 +32,7 @@ from torch import nn
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
 from xkd.distill.ccl_losses import CompositionHead, symmetric_contrastive, symmetric_kl
 from xkd.errors import ConfigError
-from xkd.models.base import FeatureModel
+from xkd.models.base import FeatureModel, describe
 
 TEACHER_MODALITIES = ("audio", "image")
 """Teacher modalities a CCL branch can use (the letter of the variant: A, I)."""
@@ -57,17 +57,6 @@ class TeacherRef:
 
     model: FeatureModel
     modality: str
-
-
-@torch.no_grad()
-def pooled_width(model: nn.Module, example: torch.Tensor) -> int:
-    """Width D of ``model.features(example).pooled`` from a dry run in eval mode (mode restored)."""
-    was = model.training
-    model.eval()
-    try:
-        return int(model.features(example[:1]).pooled.shape[1])
-    finally:
-        model.train(was)
 
 
 def _pick(teachers: dict[str, TeacherRef], modality: str, name: str | None, where: str) -> str:
@@ -103,7 +92,7 @@ class CCLDistiller(Distiller):
         if not teachers:
             raise ConfigError(f"{where}.method", "'ccl' needs named teachers: add a 'teachers' section "
                               "with an audio and/or image teacher")
-        video_dim = pooled_width(student, context.example)
+        video_dim = describe(student, context.example)[1]
         self.weight = params.loss_weight if params.loss_weight is not None else (
             0.5 if params.variant == "AI" else 1.0)
         modalities = [m for m in TEACHER_MODALITIES if m[0].upper() in params.variant]
@@ -116,7 +105,7 @@ class CCLDistiller(Distiller):
             if modality not in examples:
                 raise ConfigError(f"{where}.method", f"the dataset provides no '{modality}' input for "
                                   f"teacher '{name}'")
-            dim = pooled_width(ref.model, examples[modality])
+            dim = describe(ref.model, examples[modality])[1]
             if dim != video_dim:
                 raise ConfigError(f"teachers.{name}.model", f"pooled embedding width {dim} differs from "
                                   f"the {where} student's {video_dim}; CCL compares the embeddings "
