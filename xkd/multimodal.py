@@ -116,12 +116,13 @@ def has_audio(bundle: "DataBundle") -> bool:
     """Whether any training sample has audio (``audio_mask`` > 0): from the split's in-memory
     ``data["audio_mask"]`` tensor when it has one (av_shapes), else from the samples themselves."""
     ds: Any = bundle.train
-    idx: Any = None
+    idx: Any = slice(None)
     if isinstance(ds, Subset):
         ds, idx = ds.dataset, list(ds.indices)
-    mask = (getattr(ds, "data", None) or {}).get("audio_mask") if isinstance(getattr(ds, "data", None), dict) else None
+    data = getattr(ds, "data", None)
+    mask = data.get("audio_mask") if isinstance(data, dict) else None
     if torch.is_tensor(mask):
-        return bool((mask[idx] if idx is not None else mask).gt(0).any())
+        return bool(mask[idx].gt(0).any())
     return any(float(bundle.train[i]["audio_mask"]) > 0 for i in range(len(bundle.train)))  # type: ignore[arg-type]
 
 
