@@ -99,6 +99,18 @@ def test_a_ratio_that_rejects_everything_is_one_user_error_line() -> None:
     assert "accepted 0 of 10 after 100 proposals" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_stop_at_limit_returns_the_fewer_accepted_items() -> None:
+    # ratio 1 on x < 0.1, else 0 (M = 1 after burn-in): ~10% accepted, far fewer than n
+    items, labels, st = rejection_sample(_uniform_proposer(0), lambda x, y: (x[:, 0] < 0.1).double(),
+                                         n=1000, seed=0, burn_in=50, batch_size=100,
+                                         max_proposals=300, stop_at_limit=True)
+    assert st["proposed"] == 300 and len(items) == len(labels) == st["accepted"] < 1000
+    assert (items[:, 0] < 0.1).all() and 10 <= st["accepted"] <= 60
+    empty, _, st0 = rejection_sample(_uniform_proposer(0), lambda x, y: x[:, 0], n=5, seed=0,
+                                     burn_in=0, batch_size=10, max_proposals=0, stop_at_limit=True)
+    assert empty.shape == (0, 1) and st0["proposed"] == 0
+
+
 def test_sp_bregman_minimiser_is_the_density_ratio() -> None:
     # one feature value seen with probability p (real) and q (fake): the loss, as a function of a
     # constant r, is minimal at r = p / q

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from xkd.cgan.filtering import filter_classification, filter_regression
-from xkd.cgan.subsample import generator_proposer
-from xkd.engine.env import derive_seed
+from xkd.cgan.subsample import generator_proposer, rejection_sample_per_label
 from xkd.data.base import DataBundle
 from xkd.data.label_scaling import to_original
 from xkd.models.base import FeatureModel
@@ -39,32 +38,15 @@ def budgeted_rejection(propose_labels: Callable[[torch.Tensor], torch.Tensor], r
                        budget: int = PROPOSAL_BUDGET) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Per-label cDR-RS (cGAN-KD M1, seed_methods.md 5.3) with a proposal budget: for label j, a
     burn-in sets M, then each proposal is accepted with probability r / M, M the running maximum;
-    stops at ``quota`` accepted or ``budget * quota`` proposals. Same draws as
-    :func:`xkd.cgan.subsample.rejection_sample_per_label` while within budget."""
-    items, labels, proposed, accepted = [], [], 0, 0
-    for j, lab in enumerate(levels):
-        gen = torch.Generator().manual_seed(int(derive_seed(seed, j)))
-        ys = lab.expand(burn_in).clone()
-        m = float(ratio(propose_labels(ys), ys).max()) if burn_in > 0 else 0.0
-        got, n_prop = 0, 0
-        while got < quota and n_prop < budget * quota:
-            ys = lab.expand(batch_size).clone()
-            x = propose_labels(ys)
-            r = ratio(x, ys).double().cpu()
-            m = max(m, float(r.max()))
-            u = torch.rand(len(r), generator=gen, dtype=torch.float64)
-            keep = (u * m < r) if m > 0 else torch.zeros(len(r), dtype=torch.bool)
-            n_prop += len(r)
-            got += int(keep.sum())
-            items.append(x[keep.to(x.device)])
-            labels.append(ys[keep.to(ys.device)])
-        # keep at most ``quota`` of this label (the first accepted, as the reference truncates)
-        extra = got - quota
-        if extra > 0:
-            items[-1], labels[-1] = items[-1][: len(items[-1]) - extra], labels[-1][: len(labels[-1]) - extra]
-        proposed, accepted = proposed + n_prop, accepted + min(got, quota)
-    stats = {"proposed": proposed, "accepted": accepted, "acceptance_rate": accepted / max(proposed, 1)}
-    return torch.cat(items), torch.cat(labels), stats
+    stops at ``quota`` accepted or ``budget * quota`` proposals. The draws of
+    :func:`xkd.cgan.subsample.rejection_sample_per_label` (which this calls with ``budget``);
+    ``accepted`` counts what is kept (at most ``quota`` per label)."""
+    items, labels, st = rejection_sample_per_label(propose_labels, ratio, levels, quota, seed,
+                                                   burn_in, batch_size, budget=budget)
+    proposed = int(st["proposed"])
+    accepted = sum(min(int(p["accepted"]), quota) for p in st["per_label"])
+    return items, labels, {"proposed": proposed, "accepted": accepted,
+                           "acceptance_rate": accepted / max(proposed, 1)}
 
 
 def _levels(bundle: DataBundle, target_labels: Callable[[DataBundle, int], torch.Tensor]) -> torch.Tensor:

@@ -109,22 +109,28 @@ Ratio = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def rejection_sample(propose: Propose, ratio: Ratio, n: int, seed: int, burn_in: int = 500,
-                     batch_size: int = 256, max_proposals: int | None = None
+                     batch_size: int = 256, max_proposals: int | None = None,
+                     stop_at_limit: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Draw ``n`` accepted (items, labels) from ``propose(k)``, accepting each proposal with
     probability r / M, M the running maximum of r (burn-in proposals only set M).
 
     Stats: burn_in, proposed (after burn-in), accepted (before truncation to n),
-    acceptance_rate = accepted / proposed, M (final). More than ``max_proposals`` proposals
-    (default max(100 n, 10 batch_size)) is a one-line UserError.
+    acceptance_rate = accepted / proposed, M (final). Reaching ``max_proposals`` proposals
+    (default max(100 n, 10 batch_size)) before ``n`` acceptances is a one-line UserError, or,
+    with ``stop_at_limit``, returns the fewer items accepted so far.
     """
     gen = torch.Generator().manual_seed(int(seed))
     limit = max_proposals if max_proposals is not None else max(100 * n, 10 * batch_size)
-    items, labels = propose(burn_in)
-    m = float(ratio(items, labels).max()) if burn_in > 0 else 0.0
+    m = 0.0
+    if burn_in > 0:
+        items, labels = propose(burn_in)
+        m = float(ratio(items, labels).max())
     kept_items, kept_labels, accepted, proposed = [], [], 0, 0
     while accepted < n:
         if proposed >= limit:
+            if stop_at_limit:
+                break
             raise UserError(f"rejection sampling accepted {accepted} of {n} after {proposed} "
                             f"proposals; the density-ratio model rejects almost everything "
                             f"(check its features, or disable subsampling)")
@@ -139,16 +145,22 @@ def rejection_sample(propose: Propose, ratio: Ratio, n: int, seed: int, burn_in:
         kept_labels.append(labels[keep.to(labels.device)])
     stats = {"burn_in": burn_in, "proposed": proposed, "accepted": accepted,
              "acceptance_rate": accepted / max(proposed, 1), "M": m}
+    if not kept_items:  # n = 0 or a zero limit: nothing proposed after burn-in
+        items, labels = propose(0)
+        kept_items, kept_labels = [items], [labels]
     return torch.cat(kept_items)[:n], torch.cat(kept_labels)[:n], stats
 
 
 def rejection_sample_per_label(propose_labels: Callable[[torch.Tensor], torch.Tensor], ratio: Ratio,
                                labels: torch.Tensor, quota: int | torch.Tensor, seed: int,
-                               burn_in: int = 500, batch_size: int = 256
+                               burn_in: int = 500, batch_size: int = 256, budget: int | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, object]]:
     """Class- (or label-) balanced cDR-RS: for each of ``labels`` (distinct values) draw
     ``quota`` (an int, or one per label) accepted items from ``propose_labels(labels_k) -> items``,
-    with its own burn-in and running maximum per label (as the reference does per class)."""
+    with its own burn-in and running maximum per label (as the reference does per class).
+
+    ``budget``: at most ``budget x quota`` proposals per label (after burn-in); a label that runs
+    out keeps the fewer items it accepted. Without it, see ``rejection_sample``'s limit."""
     quotas = torch.as_tensor(quota).expand(len(labels)) if torch.as_tensor(quota).dim() == 0 \
         else torch.as_tensor(quota)
     if len(quotas) != len(labels):
@@ -158,8 +170,10 @@ def rejection_sample_per_label(propose_labels: Callable[[torch.Tensor], torch.Te
         def propose(k: int, lab: torch.Tensor = lab) -> tuple[torch.Tensor, torch.Tensor]:
             ys = lab.expand(k).clone()
             return propose_labels(ys), ys
+        limit = None if budget is None else budget * int(q)
         items, ys, st = rejection_sample(propose, ratio, int(q), derive_seed(seed, j), burn_in,
-                                         batch_size)
+                                         batch_size, max_proposals=limit,
+                                         stop_at_limit=budget is not None)
         all_items.append(items)
         all_labels.append(ys)
         per.append({"label": float(lab), **st})
