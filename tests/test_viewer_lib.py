@@ -128,3 +128,33 @@ def test_compose_png_and_tiles():
     png = FIG.compose_png([[(t, "a"), (t, "b\nc")], [(h, "d")]], "title")
     im = Image.open(io.BytesIO(png))
     assert im.format == "PNG" and im.size[0] >= 2 * 96 and im.size[1] >= 96 + 64
+
+
+def test_regression_sample_table_shows_absolute_errors_not_exact_matches(tmp_path: Path):
+    from viewer_lib.arrays import sample_table
+    from viewer_lib.page_explorer import Explanations, _num, option_labels, orders_and_filters, ordered
+
+    ex = tmp_path / "explanations"
+    ex.mkdir()
+    labels = np.array([0.5, -0.2, 1.0, 0.3], dtype=np.float32)
+    preds = {"teacher": np.array([0.4, -0.2, 0.7, 0.35], np.float32),
+             "s": np.array([0.45, 0.1, 1.05, 0.3], np.float32)}
+    np.savez(ex / "inputs.npz", labels=labels, indices=np.array([7, 2, 9, 4]))
+    for name, p in preds.items():
+        np.savez(ex / f"{name}.npz", prediction=p, logits=p[:, None] - 0.1)
+    (ex / "index.json").write_text(json.dumps({"task": "regression", "models": {
+        "teacher": {"file": "teacher.npz"}, "s": {"file": "s.npz"}}}))
+    tab = sample_table(str(tmp_path), 0.0, "gradcam")
+    s, t = preds["s"].astype(np.float64), preds["teacher"].astype(np.float64)
+    assert np.allclose(tab["s:abs_error"], np.abs(s - labels.astype(np.float64)))
+    assert np.allclose(tab["teacher:abs_error"], [0.1, 0.0, 0.3, 0.05], atol=1e-6)
+    assert np.allclose(tab["s:teacher_gap"], np.abs(s - t))
+    assert not any(c.endswith((":correct", ":agree")) for c in tab.columns)
+    # largest error first: |err| = .05, .3, .05, 0 -> indices 2, then 7 and 9 (stable), then 4
+    assert ordered(tab, "s", "cosine", "largest error first", []) == [2, 7, 9, 4]
+    assert ordered(tab, "s", "cosine", "largest gap to the teacher first", [])[:2] == [9, 2]
+    e = Explanations(index={"task": "regression"}, inputs={})
+    assert orders_and_filters(e)[1] == [] and "largest error first" in orders_and_filters(e)[0]
+    assert _num(e, "pred", 1.05) == "1.05"  # not truncated to a class id
+    opts = option_labels(str(tmp_path), 0.0, "gradcam", "s", "cosine")
+    assert opts[2] == "#2 · y -0.2 · |err| 0.3"

@@ -155,10 +155,29 @@ def curves(agg: dict[str, Any] | None, names: tuple[str, ...] = ("deletion", "in
     return pd.DataFrame(rows, columns=["metric", "model", "explainer", "fraction", "score"])
 
 
+REGRESSION_COLUMNS = {"correct": "abs_error", "agree": "teacher_gap"}
+"""The regression counterpart of each classification column: an exact match of two float
+predictions means nothing, their absolute difference does."""
+
+
+def _score(df: pd.DataFrame, name: str, kind: str, pred: np.ndarray, ref: np.ndarray,
+           regression: bool) -> None:
+    """``name:correct``/``name:agree`` (equal classes), or for regression the absolute difference
+    in original units as ``name:abs_error``/``name:teacher_gap``."""
+    if regression:
+        df[f"{name}:{REGRESSION_COLUMNS[kind]}"] = np.abs(np.asarray(pred, dtype=np.float64)
+                                                          - np.asarray(ref, dtype=np.float64))
+    else:
+        df[f"{name}:{kind}"] = pred == ref
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
 def sample_table(path: str, version: float, explainer: str) -> pd.DataFrame:
-    """One row per eval sample: labels, predictions, correctness, agreement with the teacher and
-    the alignment of each student's ``explainer`` map with the teacher's (``student:metric``).
+    """One row per eval sample: labels, predictions, correctness (``model:correct``) and
+    agreement with the teacher (``student:agree``), or for a regression run the absolute errors
+    ``model:abs_error`` = |prediction - label| and ``student:teacher_gap`` = |prediction -
+    teacher prediction| (original units), and the alignment of each student's ``explainer`` map
+    with the teacher's (``student:metric``).
 
     Alignment comes from ``RUN/metrics`` when the report wrote it, else it is computed here.
     """
@@ -177,10 +196,11 @@ def sample_table(path: str, version: float, explainer: str) -> pd.DataFrame:
     teacher = ex.models.get("teacher", {})
     tpred, tmap = predictions(teacher), teacher.get(f"map_{explainer}")
     masks = ex.inputs.get("masks")
+    regression = ex.index.get("task") == "regression"
     if tpred is not None:
         df["teacher:pred"] = tpred
         if labels is not None:
-            df["teacher:correct"] = tpred == labels
+            _score(df, "teacher", "correct", tpred, labels, regression)
     if tmap is not None and masks is not None:
         df["teacher:energy_in_mask"] = A.energy_in_mask(tmap, masks)
     for name, arrs in ex.models.items():
@@ -190,9 +210,9 @@ def sample_table(path: str, version: float, explainer: str) -> pd.DataFrame:
         if pred is not None:
             df[f"{name}:pred"] = pred
             if labels is not None:
-                df[f"{name}:correct"] = pred == labels
+                _score(df, name, "correct", pred, labels, regression)
             if tpred is not None:
-                df[f"{name}:agree"] = pred == tpred
+                _score(df, name, "agree", pred, tpred, regression)
         if smap is not None and tmap is not None:
             df[f"{name}:cosine"] = A.cosine(smap, tmap)
             df[f"{name}:spearman"] = A.spearman(smap, tmap)

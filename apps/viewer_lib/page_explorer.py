@@ -17,6 +17,14 @@ from viewer_lib.runs import no_explanations
 ORDERS = ["dataset index", "alignment: worst first", "alignment: best first", "incorrect first",
           "disagreement first"]
 FILTERS = ["incorrect only", "disagrees with the teacher only", "teacher correct only"]
+ORDERS_REGRESSION = ORDERS[:3] + ["largest error first", "largest gap to the teacher first"]
+"""Regression runs sort by the absolute error (``abs_error``) and the gap to the teacher's
+prediction (``teacher_gap``); the correct/incorrect filters do not apply to them."""
+
+
+def orders_and_filters(ex: Explanations) -> tuple[list[str], list[str]]:
+    """The order and filter choices of the run's task."""
+    return (ORDERS_REGRESSION, []) if ex.index.get("task") == "regression" else (ORDERS, FILTERS)
 
 
 def _worst_first() -> None:
@@ -41,6 +49,10 @@ def ordered(tab: pd.DataFrame, focus: str, metric: str, order: str, filters: lis
         t = t.sort_values(f"{focus}:correct", kind="stable")
     elif order == "disagreement first" and f"{focus}:agree" in t:
         t = t.sort_values(f"{focus}:agree", kind="stable")
+    elif order == "largest error first" and f"{focus}:abs_error" in t:
+        t = t.sort_values(f"{focus}:abs_error", ascending=False, kind="stable", na_position="last")
+    elif order == "largest gap to the teacher first" and f"{focus}:teacher_gap" in t:
+        t = t.sort_values(f"{focus}:teacher_gap", ascending=False, kind="stable", na_position="last")
     return [int(i) for i in t["index"]]
 
 
@@ -54,17 +66,23 @@ def _label(ex: Explanations, c: float | None) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def option_labels(path: str, version: float, explainer: str, focus: str, metric: str) -> dict[int, str]:
-    """"#index · class · metric value · correct?" for every sample (built once, vectorised)."""
+    """"#index · class · metric value · correct?" for every sample (built once, vectorised);
+    regression: "#index · y label · metric value · |err| absolute error"."""
     tab = sample_table(path, version, explainer)
     out = ("#" + tab["index"].astype(str)).to_numpy(dtype=object)
     if "label_name" in tab:
         out = out + " · " + tab["label_name"].astype(str).to_numpy(dtype=object)
+    elif f"{focus}:abs_error" in tab and "label" in tab:
+        out = out + np.array([f" · y {float(y):.3g}" for y in tab["label"]], dtype=object)
     col = f"{focus}:{metric}"
     if col in tab:
         v = tab[col].to_numpy(dtype=float)
         out = out + np.array([f" · {metric} {x:.2f}" if np.isfinite(x) else "" for x in v], dtype=object)
     if f"{focus}:correct" in tab:
         out = out + np.where(tab[f"{focus}:correct"].to_numpy(dtype=bool), " · ✓", " · ✗")
+    if f"{focus}:abs_error" in tab:
+        err = tab[f"{focus}:abs_error"].to_numpy(dtype=float)
+        out = out + np.array([f" · |err| {x:.3g}" if np.isfinite(x) else "" for x in err], dtype=object)
     return dict(zip(tab["index"].astype(int).tolist(), out.tolist()))
 
 
@@ -110,13 +128,14 @@ def render(ctx: Ctx) -> None:
     choose("focus", with_maps, next((s for s in reversed(with_maps) if ex.stages(s)), with_maps[-1]))
     metrics = [m for m in ("cosine", "spearman") if f"{st.session_state['focus']}:{m}" in tab] or ["cosine"]
     choose("metric", metrics)
-    choose("order", ORDERS)
-    st.session_state.setdefault("filters", [])
+    orders, filter_names = orders_and_filters(ex)
+    choose("order", orders)
+    st.session_state["filters"] = [f for f in st.session_state.get("filters", []) if f in filter_names]
     c1, c2, c3, c4 = st.columns([2, 1, 2, 2])
     focus = c1.selectbox("Sort and filter by student", with_maps, key="focus")
     metric = c2.selectbox("Alignment", metrics, key="metric")
-    order = c3.selectbox("Order", ORDERS, key="order")
-    filters = c4.multiselect("Filter", FILTERS, key="filters")
+    order = c3.selectbox("Order", orders, key="order")
+    filters = c4.multiselect("Filter", filter_names, key="filters")
     st.button("Worst-aligned first", on_click=_worst_first, type="primary", key="worst",
               help=f"sort by {metric} with the teacher, lowest first, no filters")
     st.caption(f"Alignment values: {tab.attrs.get('alignment_source', 'computed by the viewer')}.")
@@ -197,14 +216,14 @@ def panel(ctx: Ctx, ex: Explanations, tab: pd.DataFrame, i: int, studs: list[str
 
 
 NUMBERS = (("pred", "prediction"), ("correct", "correct"), ("agree", "agrees with teacher"),
+           ("abs_error", "absolute error"), ("teacher_gap", "gap to teacher"),
            ("cosine", "cosine"), ("spearman", "Spearman"), ("energy_in_mask", "energy in mask"))
 
 
 def numbers(ex: Explanations, row: pd.Series, shown: list[str]) -> pd.DataFrame:
     """One row per student: its prediction and alignment numbers on this sample (as text)."""
     out = []
-    extra = sorted({c.split(":", 1)[1] for c in row.index if ":" in c} - {k for k, _ in NUMBERS}
-                   - {"pred", "correct"})
+    extra = sorted({c.split(":", 1)[1] for c in row.index if ":" in c} - {k for k, _ in NUMBERS})
     for s in shown:
         r = {"student": s}
         for k, name in NUMBERS + tuple((x, x) for x in extra):
@@ -216,8 +235,8 @@ def numbers(ex: Explanations, row: pd.Series, shown: list[str]) -> pd.DataFrame:
 
 
 def _num(ex: Explanations, k: str, v) -> str:
-    if k == "pred":
-        return _label(ex, int(v))
+    if k == "pred":  # a class id, or a regression prediction in original units
+        return _label(ex, v)
     if isinstance(v, (bool, np.bool_)):
         return "yes" if v else "no"
     return f"{float(v):.3f}"
