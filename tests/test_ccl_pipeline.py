@@ -99,6 +99,34 @@ def test_retrieval_numbers_recomputed_from_the_saved_student(ccl_run: Path):
     assert recall_at_k(q, ql, g, gl)["r5"] == pytest.approx(row["test_r5"], abs=1e-6)
 
 
+def test_agreement_with_the_named_teacher_recomputed_from_saved_models(ccl_run: Path):
+    from xkd.config import DataConfig, ModelConfig
+    from xkd.data import build_data
+    from xkd.engine import predict
+    from xkd.models import build
+
+    run = ccl_run / "seed-0"
+    cfg = io.read_yaml(run / "config.yaml")
+    b = build_data(DataConfig.model_validate(cfg["data"]), 0)
+    p = cfg["data"]["params"]
+    teacher = build(ModelConfig.model_validate(cfg["teachers"]["audio"]["model"]), num_classes=4,
+                    in_channels=1, image_size=int(p["n_mels"]))
+    teacher.load_state_dict(io.torch_load(run / "teachers" / "audio" / "checkpoint.pt")["model"])
+    student = build(ModelConfig.model_validate(cfg["students"][2]["model"]), num_classes=4,
+                    in_channels=3, image_size=int(p["image_size"]))
+    state = io.torch_load(run / "students" / "kd_audio" / "best.pt")["model"]
+    student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+    t = predict(teacher, b.test, "cpu", 16, input_key="audio")[0].numpy().astype(np.float64)
+    s = predict(student, b.test, "cpu", 16, input_key="video")[0].numpy().astype(np.float64)
+    # independent: top-1 agreement and mean KL(p_T || p_S) with numpy
+    log_p = lambda z: z - z.max(1, keepdims=True) - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True))  # noqa: E731
+    kl = float((np.exp(log_p(t)) * (log_p(t) - log_p(s))).sum(1).mean())
+    row = next(r for r in io.read_json(run / "summary.json")["rows"] if r["model"] == "kd_audio")
+    assert row["teacher"] == "audio"
+    assert row["test_agreement"] == pytest.approx(float((s.argmax(1) == t.argmax(1)).mean()), abs=1e-6)
+    assert row["test_kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
+
+
 def test_viewer_explorer_shows_the_frame_strip(ccl_run: Path):
     at = AppTest.from_file(str(VIEWER), default_timeout=90)
     at.session_state["runs_root"] = str(ccl_run.parent)

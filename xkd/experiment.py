@@ -171,18 +171,23 @@ def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None, named: 
 
 
 def evaluate_models(ctx: RunContext, models: dict[str, FeatureModel]) -> dict[str, dict[str, Any]]:
-    """Accuracy (or MAE) on every test set and top-1 agreement/KL with the teacher."""
+    """Accuracy (or MAE) on every test set and top-1 agreement/KL with the teacher (a student's
+    own named teacher in multi-modal runs, :func:`xkd.multimodal.teacher_of`)."""
+    from xkd.multimodal import teacher_of
+
     bundle = ctx.data()
     bs = ctx.train_cfg(ctx.cfg.train).batch_size * 2
     out: dict[str, dict[str, Any]] = {name: {} for name in models}
+    partner = {sc.name: teacher_of(ctx.cfg, sc) or "teacher" for sc in ctx.cfg.students}
     for set_name, ds in bundle.test_sets().items():
         logits = {n: predict(m, ds, ctx.device, bs, input_key=ctx.keys.get(n, "image"))
                   for n, m in models.items()}
         for n, (lg, labels) in logits.items():  # regression: outputs back to original units
             for k, v in evaluate_predictions(to_original(lg, bundle), labels, bundle.task).items():
                 out[n][f"{set_name}_{k}"] = v
-            if "teacher" in logits and n != "teacher" and bundle.task == "classification":
-                for k, v in agreement(lg, logits["teacher"][0]).items():
+            t = partner.get(n, "teacher")
+            if t in logits and n != t and bundle.task == "classification":
+                for k, v in agreement(lg, logits[t][0]).items():
                     out[n][f"{set_name}_{k}"] = v
     return out
 

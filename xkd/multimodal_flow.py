@@ -1,6 +1,6 @@
 """The multi-modal stages of the experiment flow (issue 7): named teachers trained (or loaded)
 into ``RUN/teachers/<name>/``, each student's input keys and teachers, and the extra evaluation
-(agreement with a student's own named teacher; retrieval R@1/R@5 with pooled embeddings, test
+(the named teacher a student is compared with; retrieval R@1/R@5 with pooled embeddings, test
 queries against the train gallery, as in CCL, Chen et al. CVPR 2021, section 4).
 """
 
@@ -15,7 +15,7 @@ from xkd.config import ExperimentConfig, StudentConfig
 from xkd.data import DataBundle
 from xkd.distill import DistillContext, build_distiller
 from xkd.distill.ccl import TeacherRef
-from xkd.engine import agreement, is_main_process, predict
+from xkd.engine import is_main_process
 from xkd.engine.retrieval import embed, recall_at_k
 from xkd.models import FeatureModel
 from xkd.multimodal import check_modalities, input_extras, is_multimodal, teacher_of
@@ -76,8 +76,9 @@ def student_inputs(ctx: "RunContext", sc: StudentConfig, bundle: DataBundle, tea
 
 def multimodal_metrics(ctx: "RunContext", models: dict[str, FeatureModel],
                        results: dict[str, dict[str, Any]]) -> None:
-    """Add ``test_agreement``/``test_kl`` (student vs its named teacher, one label space) and
-    ``test_r1``/``test_r5`` (every model: test queries, train gallery, cosine) to ``results``."""
+    """Add ``teacher`` (a student's named teacher; its ``test_agreement``/``test_kl`` against it
+    come from :func:`xkd.experiment.evaluate_models`) and ``test_r1``/``test_r5`` (every model:
+    test queries, train gallery, cosine) to ``results``."""
     if not is_multimodal(ctx.cfg):
         return
     bundle = ctx.data()
@@ -85,12 +86,8 @@ def multimodal_metrics(ctx: "RunContext", models: dict[str, FeatureModel],
     key = (lambda n: ctx.keys.get(n, "image"))
     for sc in ctx.cfg.students:
         tname = teacher_of(ctx.cfg, sc)
-        if tname is None or sc.name not in models:
-            continue
-        s_logits, _ = predict(models[sc.name], bundle.test, ctx.device, bs, input_key=key(sc.name))
-        t_logits, _ = predict(models[tname], bundle.test, ctx.device, bs, input_key=key(tname))
-        results[sc.name].update({f"test_{k}": v for k, v in agreement(s_logits, t_logits).items()})
-        results[sc.name]["teacher"] = tname
+        if tname is not None and sc.name in results:
+            results[sc.name]["teacher"] = tname
     for name, model in models.items():
         q, ql = embed(model, bundle.test, ctx.device, bs, key(name))
         g, gl = embed(model, bundle.train, ctx.device, bs, key(name))
