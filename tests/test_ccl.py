@@ -107,8 +107,9 @@ def test_recall_at_k_hand_example():
     g_labels = torch.tensor([0, 1, 2, 1])
     query = torch.tensor([[0.9, 0.1], [0.1, 0.9], [-0.2, -1.0]])
     q_labels = torch.tensor([1, 1, 0])
-    # q0 ranks g0 (cos .99), g3 (.78), g1, g2 -> R@1 miss, R@2 hit
-    # q1 ranks g1, g3, ... -> hit at 1; q2 ranks g2 (0.196), g0 (-0.196)? order: g2, g0, g3, g1 -> label 0 at rank 2
+    # q0 (label 1) ranks g0 (cos .99), g3 (.78), g1, g2 -> miss at 1, hit at 2 (g3)
+    # q1 (label 1) ranks g1 (.99), g3, ... -> hit at 1
+    # q2 (label 0) ranks g2 (.196), g0 (-.196), g3 (-.83), g1 (-.98) -> miss at 1, hit at 2 (g0)
     r = recall_at_k(query, q_labels, gallery, g_labels, (1, 2, 5))
     assert r["r1"] == pytest.approx(1 / 3)
     assert r["r2"] == pytest.approx(1.0)
