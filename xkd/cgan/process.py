@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from xkd.cgan.config import SubsampleConfig
 from xkd.cgan.filtering import filter_classification, filter_regression
 from xkd.cgan.subsample import generator_proposer, rejection_sample_per_label
 from xkd.data.base import DataBundle
@@ -49,9 +50,26 @@ def budgeted_rejection(propose_labels: Callable[[torch.Tensor], torch.Tensor], r
                            "acceptance_rate": accepted / max(proposed, 1)}
 
 
-def _levels(bundle: DataBundle, target_labels: Callable[[DataBundle, int], torch.Tensor]) -> torch.Tensor:
-    k = bundle.num_classes if bundle.task == "classification" else REG_LABELS
-    return target_labels(bundle, k)
+def target_labels(bundle: DataBundle) -> torch.Tensor:
+    """The conditioning labels of a fake set: every class id, or ``REG_LABELS`` equally spaced
+    labels over the label range (original units)."""
+    if bundle.task == "classification":
+        return torch.arange(bundle.num_classes)
+    return torch.linspace(bundle.label_offset, bundle.label_offset + bundle.label_scale, REG_LABELS)
+
+
+def ratio_labels(labels: torch.Tensor, bundle: DataBundle) -> torch.Tensor:
+    """Labels as the ratio model takes them: class ids, or float labels (it min-max normalises them)."""
+    return labels.long() if bundle.task == "classification" else labels.float()
+
+
+@torch.no_grad()
+def features(ctx: "RunContext", teacher: FeatureModel, images: torch.Tensor, bs: int = 256) -> torch.Tensor:
+    """phi(x) of cDR-RS: the teacher's pooled features, or flattened pixels (``cgan.features``)."""
+    if ctx.cfg.cgan.features == "pixels":
+        return images.flatten(1).float()
+    return torch.cat([teacher.features(images[i:i + bs].to(ctx.device)).pooled.flatten(1).float().cpu()
+                      for i in range(0, len(images), bs)])
 
 
 @torch.no_grad()
@@ -76,22 +94,20 @@ def _balanced(labels: torch.Tensor, keep: torch.Tensor, levels: torch.Tensor, n:
     return idx.sort().values[:n]
 
 
-def process_fakes(ctx: "RunContext", stage: Any, ratio: Any, teacher: FeatureModel, bundle: DataBundle,
-                  p: Any, n_prop: int, features: Callable, cond: Callable,
-                  target_labels: Callable) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """Images (normalised), labels (original units) and stats/seconds of one processed fake set."""
-    from xkd.cgan.stage import _ratio_cfg
-
-    levels = _levels(bundle, target_labels)
+def process_fakes(ctx: "RunContext", stage: Any, ratio: Any, rc: SubsampleConfig,
+                  teacher: FeatureModel, bundle: DataBundle, p: Any, n_prop: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """Images (normalised), labels (original units) and stats/seconds of one processed fake set
+    from ``stage.generator``; ``ratio`` (None = no subsampling) with the burn-in and proposal batch
+    of ``rc``; ``p`` the student's ``cgan_kd`` params, ``n_prop`` the proposals wanted."""
+    levels = target_labels(bundle)
     per = math.ceil(n_prop / len(levels))
     t0 = time.perf_counter()
     propose = generator_proposer(stage.generator, ctx.seed + 17, ctx.device)
     info: dict[str, Any] = {"fake_proposed": per * len(levels)}  # generated (burn-in included)
     if ratio is not None:
-        rc = _ratio_cfg(ctx, True)
-
         def r_images(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return ratio(features(ctx, teacher, images), cond(labels, bundle))
+            return ratio(features(ctx, teacher, images), ratio_labels(labels, bundle))
 
         images, labels, st = budgeted_rejection(propose, r_images, levels, per, ctx.seed + 23,
                                                 burn_in=rc.burn_in, batch_size=rc.proposal_batch)

@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from xkd import io
 from xkd.cgan.fakeset import FakeSplit, RealOnly, load_fake_set, save_fake_set
 from xkd.cgan.flow_checks import gan_config, subsample_config
+from xkd.cgan.process import features, process_fakes, ratio_labels
 from xkd.data.base import DataBundle
 from xkd.data.label_scaling import training_split
 from xkd.errors import UserError
@@ -78,15 +79,6 @@ def gan_stage(ctx: "RunContext", bundle: DataBundle) -> GANStage:
     return ctx.stages["cgan"]
 
 
-@torch.no_grad()
-def _features(ctx: "RunContext", teacher: FeatureModel, images: torch.Tensor, bs: int = 256) -> torch.Tensor:
-    """phi(x): the teacher's pooled features, or flattened pixels (``cgan.features``)."""
-    if ctx.cfg.cgan.features == "pixels":
-        return images.flatten(1).float()
-    return torch.cat([teacher.features(images[i:i + bs].to(ctx.device)).pooled.flatten(1).float().cpu()
-                      for i in range(0, len(images), bs)])
-
-
 def _ratio(ctx: "RunContext", stage: GANStage, teacher: FeatureModel, bundle: DataBundle) -> Any:
     """Fit the label-conditioned density-ratio model once per seed (fakes use the real labels)."""
     from xkd.cgan.subsample import fit_density_ratio
@@ -96,29 +88,17 @@ def _ratio(ctx: "RunContext", stage: GANStage, teacher: FeatureModel, bundle: Da
         t0 = time.perf_counter()
         x, y = load_images(bundle.train)
         fake = _generate(stage, y, ctx.seed + 1, ctx)
-        stage.ratio = fit_density_ratio(_features(ctx, teacher, x), _cond(y, bundle),
-                                        _features(ctx, teacher, fake), _cond(y, bundle),
-                                        _ratio_cfg(ctx, True), ctx.seed)
+        cond = ratio_labels(y, bundle)
+        stage.ratio = fit_density_ratio(features(ctx, teacher, x), cond, features(ctx, teacher, fake),
+                                        cond, _ratio_cfg(ctx, True), ctx.seed)
         stage.ratio_seconds = time.perf_counter() - t0
     return stage.ratio
-
-
-def _cond(labels: torch.Tensor, bundle: DataBundle) -> torch.Tensor:
-    """Labels as the ratio model takes them: class ids, or float labels (it min-max normalises them)."""
-    return labels.long() if bundle.task == "classification" else labels.float()
 
 
 def _generate(stage: GANStage, labels: torch.Tensor, seed: int, ctx: "RunContext") -> torch.Tensor:
     from xkd.cgan.training import generate
 
     return generate(stage.generator, labels, seed, device=ctx.device)
-
-
-def _target_labels(bundle: DataBundle, n: int) -> torch.Tensor:
-    """Class-balanced ids (classification) or ``n`` equally spaced labels over the label range."""
-    if bundle.task == "classification":
-        return torch.arange(n) % bundle.num_classes
-    return torch.linspace(bundle.label_offset, bundle.label_offset + bundle.label_scale, n)
 
 
 def fake_key(p: Any, ctx: "RunContext") -> str:
@@ -132,8 +112,6 @@ def fake_key(p: Any, ctx: "RunContext") -> str:
 def build_fake_set(ctx: "RunContext", p: Any, teacher: FeatureModel, bundle: DataBundle
                    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Generate, subsample (cDR-RS), filter and relabel ``p.fake_size`` fakes; times in the meta."""
-    from xkd.cgan.process import process_fakes
-
     stage = gan_stage(ctx, bundle)
     times: dict[str, float] = {"gan_seconds": round(stage.gan_seconds, 2)}
     ratio = None
@@ -142,8 +120,8 @@ def build_fake_set(ctx: "RunContext", p: Any, teacher: FeatureModel, bundle: Dat
         times["ratio_fit_seconds"] = round(stage.ratio_seconds, 2)
     q = p.filter.quantile if p.filter.enabled else 1.0
     n_prop = math.ceil(p.fake_size / q * 1.15) + bundle.num_classes
-    images, labels, info = process_fakes(ctx, stage, ratio, teacher, bundle, p, n_prop, _features,
-                                         _cond, _target_labels)
+    images, labels, info = process_fakes(ctx, stage, ratio, _ratio_cfg(ctx, True), teacher, bundle,
+                                         p, n_prop)
     return images, labels, {**times, **info}
 
 
