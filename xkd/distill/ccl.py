@@ -39,6 +39,8 @@ TEACHER_MODALITIES = ("audio", "image")
 
 
 class CCLParams(MethodParams):
+    """Parameters of ``ccl`` (seed_methods.md 4.3-4.4: tau 0.5 audio / 0.1 image, J weight 0.5)."""
+
     variant: Literal["A", "I", "AI"] = Field("AI", description="teachers used: audio, image or both")
     audio_teacher: str | None = Field(None, description="named teacher of the audio branch; "
                                       "null = the only teacher with modality 'audio'")
@@ -119,6 +121,7 @@ class CCLDistiller(Distiller):
         object.__setattr__(self, "teacher_refs", refs)  # frozen, outside the module tree
 
     def train(self, mode: bool = True) -> "CCLDistiller":
+        """Set the student and heads' mode; the named teachers stay in eval mode."""
         super().train(mode)
         for ref in getattr(self, "teacher_refs", {}).values():
             ref.model.eval()
@@ -128,6 +131,7 @@ class CCLDistiller(Distiller):
         return [self.heads]
 
     def forward(self, batch: dict[str, torch.Tensor], epoch: int) -> StepOutput:
+        """L_v and every L_u of one batch (module docstring); audio terms skip ``audio_mask`` 0."""
         p, w, y = self.params, self.weight, batch["label"]
         f = self.student.features(batch[self.student_key])
         v, zv = f.pooled, f.logits
