@@ -89,6 +89,7 @@ def test_gan_killed_mid_training_resumes_to_the_same_generator(tmp_path: Path, m
     (_cg(init_from="later"), "students[1].params.init_from"),
     (_cg(base="hkd"), "students[1].params.base"),
     (_cg(base_params={"T": -1}, base="kd"), "students[1].params.base_params.T"),
+    (_cg(base_params={"tau": 4}, base="kd"), "students[1].params.base_params.tau: unknown parameter"),
 ])
 def test_bad_cgan_input_is_one_line_exit_2_and_no_folder(tmp_path: Path, capsys, student, fragment):
     path = _exp(tmp_path, CLS, [CE, student])

@@ -48,7 +48,7 @@ class CGANKDDistiller(Distiller):
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: CGANKDParams,
                  context: DistillContext) -> None:
         super().__init__(student, teacher, params, context)
-        from xkd.distill import build_distiller
+        from xkd.distill import _validation_error, build_distiller
 
         where = str(context.extras.get("path", "cgan_kd"))
         if params.base == "cgan_kd":
@@ -59,11 +59,8 @@ class CGANKDDistiller(Distiller):
         if entry.params is not None:
             try:
                 base_params = entry.params.model_validate(params.base_params)
-            except ValidationError as e:
-                err = e.errors(include_url=False)[0]
-                loc = ".".join(str(p) for p in err["loc"])
-                raise ConfigError(f"{where}.params.base_params.{loc}".rstrip("."),
-                                  err["msg"].replace("Value error, ", "")) from None
+            except ValidationError as e:  # the path the user wrote: params.base_params.<field>
+                raise _validation_error(e, f"{where}.params.base_params") from None
         inner = copy.copy(context)
         inner.extras = {**context.extras, "path": f"{where}.params.base"}
         base = build_distiller(params.base, student, teacher, base_params, inner)
