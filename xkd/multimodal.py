@@ -99,9 +99,12 @@ def check_modalities(cfg: "ExperimentConfig", bundle: "DataBundle") -> None:
         if modality not in mods:
             raise ConfigError(path, f"'{modality}' is not an input of dataset '{bundle.name}'; "
                               f"allowed: {', '.join(mods)}")
+    from xkd.distill.ccl import CCLParams
+
+    default = CCLParams.model_fields["variant"].default
     audio = [path for path, m in users if m == "audio"]
     audio += [f"students[{i}].params.variant" for i, s in enumerate(cfg.students)
-              if s.method == "ccl" and "A" in str(s.params.get("variant", "AI"))]
+              if s.method == "ccl" and "A" in str(s.params.get("variant", default))]
     if audio and "audio_mask" in _first_sample(bundle) and not has_audio(bundle):
         raise ConfigError(audio[0], "uses audio, but every training sample of dataset "
                           f"'{bundle.name}' is missing its audio (audio_mask is 0 everywhere); "
