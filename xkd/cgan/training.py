@@ -75,7 +75,10 @@ def _check_same(saved: dict[str, Any], now: dict[str, Any], path: Path) -> None:
 
 def load_generator(path: str | Path, device: torch.device | str = "cpu") -> Generator:
     """Rebuild the EMA generator saved as ``generator.pt`` (eval mode)."""
-    ckpt = torch_load(path, map_location="cpu")
+    return _generator_from(torch_load(path, map_location="cpu"), device)
+
+
+def _generator_from(ckpt: dict[str, Any], device: torch.device | str) -> Generator:
     g = Generator(**ckpt["arch"])
     g.load_state_dict(ckpt["state"])
     return g.to(device).eval()
@@ -208,7 +211,7 @@ def train_gan(cfg: GANConfig, train_set: Dataset, task: str, num_classes: int, o
         saved = torch_load(final)
         _check_same(saved["identity"], ident, final)
         log(f"GAN: loading the finished generator {final}")
-        return load_generator(final, device)
+        return _generator_from(saved, device)
     run = _Run(cfg, task, num_classes, x, y, device, seed)
     last, hist = out_dir / "last.pt", out_dir / "history.jsonl"
     if resume and last.is_file():
