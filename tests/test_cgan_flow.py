@@ -43,7 +43,7 @@ def _cg(name: str = "cg", **params) -> dict:
             "params": {"fake_size": 12, "init_from": "ce", **params}}
 
 
-def test_fake_set_labels_are_balanced_and_normalised_for_training(tmp_path: Path):
+def test_regression_fake_set_is_cached_in_the_label_range_and_reported(tmp_path: Path):
     data = {"name": "shapes_angle", "params": SMALL}
     path = _exp(tmp_path, data, [CE, _cg(filter={"enabled": True, "quantile": 0.5, "relabel": True})])
     out = tmp_path / "run"
@@ -150,3 +150,18 @@ def test_budgeted_rejection_accepts_with_probability_r_over_m_and_stops_at_budge
     x, ys, st = budgeted_rejection(propose, rare, torch.tensor([0]), quota=50, seed=3, burn_in=10,
                                    batch_size=100, budget=4)
     assert st["proposed"] == 200 and len(x) == st["accepted"] < 50
+
+
+def test_balanced_subset_keeps_every_level_when_n_is_not_a_multiple():
+    from xkd.cgan.process import _balanced
+
+    # 3 levels, 4 kept samples each (grouped by level, as rejection sampling returns them)
+    labels = torch.tensor([0.0] * 4 + [0.5] * 4 + [1.0] * 4)
+    levels = torch.tensor([0.0, 0.5, 1.0])
+    keep = torch.ones(12, dtype=torch.bool)
+    idx = _balanced(labels, keep, levels, 7)  # 3 + 2 + 2 (not 3 + 3 + 1: the last level cut short)
+    assert idx.tolist() == [0, 1, 2, 4, 5, 8, 9]
+    # a short level (one survivor at 0.5) is topped up from the others' remaining kept samples
+    keep[5:8] = False
+    assert _balanced(labels, keep, levels, 6).tolist() == [0, 1, 2, 4, 8, 9]
+    assert _balanced(labels, keep, levels, 20).tolist() == keep.nonzero().flatten().tolist()

@@ -79,13 +79,14 @@ def _teacher_out(ctx: "RunContext", teacher: FeatureModel, images: torch.Tensor,
 
 
 def _balanced(labels: torch.Tensor, keep: torch.Tensor, levels: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of the first ``ceil(n / L)`` kept samples per level (level = conditioning label),
-    topped up from the remaining kept samples when a level runs short, ``n`` at most."""
-    per = math.ceil(n / len(levels))
+    """Indices (sorted) of the first kept samples of each level (level = conditioning label):
+    ``n // L`` per level and one more for the first ``n % L`` levels, topped up from the remaining
+    kept samples when a level runs short; ``n`` at most."""
+    base, extra = divmod(n, len(levels))
     chosen: list[torch.Tensor] = []
-    for lv in levels:
+    for j, lv in enumerate(levels):
         rows = ((labels == lv) & keep).nonzero(as_tuple=True)[0]
-        chosen.append(rows[:per])
+        chosen.append(rows[: base + (j < extra)])
     idx = torch.cat(chosen)
     if len(idx) < n:
         rest = keep.clone()
