@@ -160,7 +160,11 @@ def init_from_student(ctx: "RunContext", student: FeatureModel, name: str, where
         path = ctx.folder.student(name) / "last.pt"
     if not path.is_file():
         raise UserError(f"{where}.init_from: no checkpoint of student '{name}' in {path.parent}")
-    state = io.torch_load(path)
-    model = state.get("model") or state.get("trainable")
+    from xkd.engine.checkpoint import read_checkpoint
+
+    state = read_checkpoint(path)  # format_version checked; best.pt: "model", last.pt: "trainable"
+    model = state.get("model") or state.get("trainable") or {}
     sub = {k[len("student."):]: v for k, v in model.items() if k.startswith("student.")}
+    if not sub:
+        raise UserError(f"{where}.init_from: {path} holds no student weights")
     student.load_state_dict(sub)
