@@ -61,6 +61,8 @@ class DensityRatio(nn.Module):
 
     @torch.no_grad()
     def forward(self, feats: torch.Tensor, labels: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+        """Ratios r(phi, y) (N,) on CPU, in eval mode and chunks of ``batch_size``; the module's
+        train/eval mode is restored."""
         was = self.training
         self.eval()
         dev = self.feat_mean.device

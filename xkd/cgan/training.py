@@ -150,6 +150,8 @@ class _Run:
         return vb.real_index, vb.target, vb.fake_labels, vb.target, vb.w_real, vb.w_fake
 
     def train_step(self) -> dict[str, float]:
+        """``d_steps`` D updates (hinge, vicinal weights for regression), one G update, the EMA;
+        returns the last D step's losses and mean outputs and the G loss."""
         cfg, dev, norm = self.cfg, self.device, self.task != "classification"
         self.D.requires_grad_(True)
         for _ in range(cfg.d_steps):
@@ -177,12 +179,14 @@ class _Run:
                 "d_real": d_real.mean().item(), "d_fake": d_fake.mean().item()}
 
     def state(self, ident: dict[str, Any]) -> dict[str, Any]:
+        """Everything ``last.pt`` needs to resume bit-identically (networks, optimisers, RNG)."""
         return {"step": self.step, "G": self.G.state_dict(), "D": self.D.state_dict(),
                 "G_ema": self.G_ema.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_d": self.opt_d.state_dict(), "rng": self.gen.get_state(), "identity": ident,
                 "seconds": self.seconds}
 
     def load(self, ckpt: dict[str, Any]) -> None:
+        """Restore a ``state`` dict (the inverse of :meth:`state`)."""
         self.G.load_state_dict(ckpt["G"])
         self.D.load_state_dict(ckpt["D"])
         self.G_ema.load_state_dict(ckpt["G_ema"])

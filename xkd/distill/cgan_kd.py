@@ -23,6 +23,8 @@ from xkd.models.base import FeatureModel
 
 
 class CGANKDParams(MethodParams):
+    """Params of ``cgan_kd``: the wrapped method and the fake set's size and processing (M1/M2)."""
+
     base: str = Field("ce", description="the method whose objective trains the student (ce, kd, "
                       "reviewkd, ...): 'cGAN-KD + base'")
     base_params: dict[str, Any] = Field(default_factory=dict, description="params of the base method")
