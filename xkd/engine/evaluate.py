@@ -1,7 +1,7 @@
 """Predictions and evaluation metrics (DESIGN sections 3 and 7).
 
 :func:`predict` runs a model over a dataset of sample dicts; :func:`evaluate_predictions` gives
-accuracy and cross-entropy (classification) or MAE and MSE (regression); :func:`agreement` gives
+accuracy and cross-entropy (classification) or MAE, RMSE and MSE (regression); :func:`agreement` gives
 teacher-student top-1 agreement and the mean KL(p_T || p_S) of the softmax outputs (Hinton et al.
 2015; Stanton et al. 2021, "Does Knowledge Distillation Really Work?", section 3, use both).
 """
