@@ -8,6 +8,12 @@ one real image from each target's vicinity and one fake label per target, unifor
 all weights 1. Soft vicinity (SVDL): weights w = exp(-nu (y - target)^2) with nu = 1 / kappa^2,
 real images drawn among labels whose weight is >= ``SOFT_THRESHOLD``. kappa defaults to a multiple
 (5 in the reference) of the largest gap between sorted distinct normalised labels.
+
+Known differences from the CcGAN code (kept while the measured cgan_kd experiments use them): in
+the soft case the fake labels stay within +-kappa, where CcGAN draws them over the whole radius
+with weight >= the threshold (``vicinity_radius``, ~2.6 kappa); a noisy target outside [0, 1]
+falls back to y_j instead of re-drawing eps; and ``xkd.cgan.training`` conditions the G update on
+labels drawn like these fake labels, where CcGAN uses the noisy targets y_j + eps.
 """
 
 from __future__ import annotations
