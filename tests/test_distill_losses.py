@@ -37,6 +37,32 @@ def test_kd_loss_single_row_by_hand():
     assert kd_loss(torch.tensor([[1.0, 2.0]]), torch.tensor([[1.0, 2.0]]), 4.0).item() == pytest.approx(0.0, abs=1e-7)
 
 
+def test_kd_loss_sample_weights_leave_out_missing_teacher_inputs():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    present = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    # weighted mean over the present rows == the plain batchmean of those rows alone
+    assert kd_loss(s, t, 3.0, present).item() == pytest.approx(kd_loss(s[[0, 2]], t[[0, 2]], 3.0).item(), rel=1e-6)
+    assert kd_loss(s, t, 3.0, torch.ones(4)).item() == pytest.approx(kd_loss(s, t, 3.0).item(), rel=1e-6)
+    assert kd_loss(s, t, 3.0, torch.zeros(4)).item() == 0.0
+
+
+def test_kd_distiller_skips_clips_without_audio_in_the_kd_term():
+    from xkd.distill import DistillContext, build_distiller
+
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(6, 3), torch.nn.Linear(5, 3)
+    ctx = DistillContext(example=torch.zeros(1, 6), num_classes=3,
+                         extras={"student_key": "video", "teacher_key": "audio"})
+    d = build_distiller("kd", student, teacher, {"T": 2.0, "alpha": 1.0}, ctx)
+    batch = {"video": torch.randn(4, 6), "audio": torch.randn(4, 5), "label": torch.tensor([0, 1, 2, 0]),
+             "audio_mask": torch.tensor([1.0, 1.0, 0.0, 0.0])}
+    got = d(batch, 0).losses["kd"]
+    with torch.no_grad():
+        expected = kd_loss(student(batch["video"][:2]), teacher(batch["audio"][:2]), 2.0)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_task_loss_regression_uses_mse_or_l1():
     out = torch.tensor([[1.0], [3.0]])
     y = torch.tensor([0.0, 1.0])

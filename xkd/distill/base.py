@@ -80,6 +80,11 @@ class Distiller(nn.Module):
             for p in teacher.parameters():
                 p.requires_grad_(False)
 
+    def teacher_input_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Per-sample presence (B,) of the teacher's input, ``batch['<teacher_key>_mask']`` (e.g.
+        ``audio_mask`` of ``av_shapes``), or None when the dataset never lacks it."""
+        return batch.get(f"{self.teacher_key}_mask")
+
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
         if self.teacher is not None:

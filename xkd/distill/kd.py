@@ -30,7 +30,8 @@ def require_classification(method: str, context: DistillContext) -> None:
 @METHODS.register("kd", params=KDParams, needs_teacher=True, any_input=True, tasks=("classification",))
 class KDDistiller(Distiller):
     """Hinton KD on temperature-softened logits (losses: ``ce``, ``kd``). Teacher and student may
-    read different batch keys (``teacher_key``, ``student_key``): cross-modal KD on one label space."""
+    read different batch keys (``teacher_key``, ``student_key``): cross-modal KD on one label space;
+    samples whose teacher input is missing (``<teacher_key>_mask`` = 0) are left out of the KD term."""
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: KDParams,
                  context: DistillContext) -> None:
@@ -43,5 +44,5 @@ class KDDistiller(Distiller):
             t_logits = self.teacher(batch[self.teacher_key])
         logits = self.student(batch[self.student_key])
         losses = {"ce": (1.0 - p.alpha) * task_loss(logits, batch["label"]),
-                  "kd": p.alpha * kd_loss(logits, t_logits, p.T)}
+                  "kd": p.alpha * kd_loss(logits, t_logits, p.T, self.teacher_input_mask(batch))}
         return StepOutput(logits=logits, losses=losses)

@@ -43,11 +43,20 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str = "classific
     raise UserError(f"regression_loss '{regression_loss}' is not supported; allowed: mse, l1")
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float) -> torch.Tensor:
-    """Hinton KD: T² · KL(p_t^T ‖ p_s^T) with reduction ``batchmean`` (sum over classes, mean over B)."""
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float,
+            weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Hinton KD: T² · KL(p_t^T ‖ p_s^T) with reduction ``batchmean`` (sum over classes, mean over B).
+
+    ``weight`` (B,) >= 0 turns the mean over the batch into Σ_i w_i KL_i / Σ_i w_i (0 when every
+    weight is 0): samples whose teacher input is missing (e.g. ``audio_mask`` = 0) are left out.
+    """
     log_p_s = F.log_softmax(student_logits.float() / T, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / T, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
+    if weight is None:
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
+    per_sample = F.kl_div(log_p_s, log_p_t, reduction="none", log_target=True).sum(dim=1)
+    w = weight.to(per_sample)
+    return (per_sample * w).sum() / w.sum().clamp_min(1e-12) * (T * T)
 
 
 def _pyramid_sizes(h: int) -> list[tuple[int, float]]:
