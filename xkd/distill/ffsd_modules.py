@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xkd.models.base import StageInfo
+from xkd.models.cifar_resnet import init_weights  # Kaiming fan-out convs, BN 1/0 (notes 2.3)
 
 
 def attention(f: torch.Tensor) -> torch.Tensor:
@@ -75,16 +76,6 @@ def warmup_weight(lam: float, epoch1: int | float, warmup_epochs: int = 5) -> fl
     return float(lam) * math.exp(-5.0 * (1.0 - float(epoch1) / warmup_epochs) ** 2)
 
 
-def _init_convs(module: nn.Module) -> None:
-    """Convs N(0, 2/(k²·C_out)) (Kaiming fan-out), BN weight 1 and bias 0 (notes 2.3)."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def _dw_pw(c_in: int, c_out: int) -> nn.Sequential:
     """Depthwise 3×3 (groups = c_in) + BN + ReLU, then pointwise 1×1 (c_in → c_out) + BN + ReLU."""
     return nn.Sequential(nn.Conv2d(c_in, c_in, 3, 1, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
@@ -99,7 +90,7 @@ class FusionModule(nn.Module):
         super().__init__()
         self.fuse = _dw_pw(num_common * channels, channels)
         self.fc = nn.Linear(channels, num_classes)
-        _init_convs(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fused = self.fuse(x)
@@ -112,7 +103,7 @@ class TransFusion(nn.Module):
     def __init__(self, channels: int, num_common: int) -> None:
         super().__init__()
         self.body = _dw_pw(channels, num_common * channels)
-        _init_convs(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

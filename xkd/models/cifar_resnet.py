@@ -31,11 +31,12 @@ class CifarResNetParams(BaseModel):
 
 
 def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convs (He et al. 2015, fan-out), BN weight 1 / bias 0, default Linear."""
+    """Kaiming-normal convs (He et al. 2015, fan-out), BN (1-D/2-D/3-D) and GroupNorm weight 1 / bias 0,
+    default Linear. Shared by every built-in backbone, the video students and FFSD's modules."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from xkd.models.base import MODELS, FeatureModel, Features
+from xkd.models.cifar_resnet import init_weights
 
 
 class FrameCNNParams(BaseModel):
@@ -36,16 +37,6 @@ class R2Plus1dParams(FrameCNNParams):
 
     blocks: int = Field(1, ge=1, le=4, description="residual blocks per stage")
     stem_stride: int = Field(2, ge=1, le=4, description="spatial stride of the stem (2: stage 1 at H/2)")
-
-
-def init_weights(model: nn.Module) -> None:
-    """Kaiming-normal convolutions (fan-out), BN weight 1 / bias 0."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm3d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class SpatialConv(nn.Conv2d):
