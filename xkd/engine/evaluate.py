@@ -8,6 +8,8 @@ teacher-student top-1 agreement and the mean KL(p_T || p_S) of the softmax outpu
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +21,31 @@ def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoad
 
 
 @torch.no_grad()
+def collect(model: nn.Module, dataset: Dataset, device: torch.device | str,
+            output: Callable[[nn.Module, torch.Tensor], torch.Tensor], batch_size: int = 256,
+            num_workers: int = 0, input_key: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output(model, batch[input_key]) stacked (N,...) float32 on CPU, labels (N,))`` over the
+    dataset in order, in eval mode with no grad; the model's mode is restored afterwards."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    outs, labels = [], []
+    try:
+        for batch in _loader(dataset, batch_size, num_workers):
+            outs.append(output(model, batch[input_key].to(device, non_blocking=True)).detach().float().cpu())
+            labels.append(batch["label"].cpu())
+    finally:
+        model.train(was_training)
+    if not outs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outs), torch.cat(labels)
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    logits = model(x)
+    return logits.unsqueeze(1) if logits.dim() == 1 else logits
+
+
 def predict(model: nn.Module, dataset: Dataset, device: torch.device | str, batch_size: int = 256,
             num_workers: int = 0, input_key: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
     """``(logits (N,K) float32 on CPU, labels (N,))`` in eval mode, no grad; the mode is restored.
@@ -26,22 +53,7 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device | str, batc
     ``model(batch[input_key])`` must return logits (a :class:`~xkd.models.base.FeatureModel` does). Regression
     outputs of shape (N,) are returned as (N,1).
     """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    outs, labels = [], []
-    try:
-        for batch in _loader(dataset, batch_size, num_workers):
-            logits = model(batch[input_key].to(device, non_blocking=True))
-            if logits.dim() == 1:
-                logits = logits.unsqueeze(1)
-            outs.append(logits.detach().float().cpu())
-            labels.append(batch["label"].cpu())
-    finally:
-        model.train(was_training)
-    if not outs:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(outs), torch.cat(labels)
+    return collect(model, dataset, device, _logits, batch_size, num_workers, input_key)
 
 
 def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor,

@@ -10,27 +10,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from xkd.engine.evaluate import collect
 
 
-@torch.no_grad()
 def embed(model: nn.Module, dataset: Dataset, device: torch.device | str, batch_size: int = 128,
           input_key: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
     """``(pooled embeddings (N,D) float32 on CPU, labels (N,))`` of ``model.features`` in eval mode
     (the mode is restored), reading the batch key ``input_key``."""
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    embs, labels = [], []
-    try:
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-            embs.append(model.features(batch[input_key].to(device)).pooled.float().cpu())
-            labels.append(batch["label"].cpu())
-    finally:
-        model.train(was_training)
-    if not embs:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(embs), torch.cat(labels)
+    return collect(model, dataset, device, lambda m, x: m.features(x).pooled, batch_size,
+                   input_key=input_key)
 
 
 def recall_at_k(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor,
