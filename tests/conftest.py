@@ -43,3 +43,19 @@ def write_experiment(tmp_path: Path):
         return p
 
     return _write
+
+
+SHRUNK_SHAPES = ["seeds=[0]", "data.params.train_size=32", "data.params.val_size=16",
+                 "data.params.test_size=16", "data.params.image_size=16", "evaluate.subset_size=4",
+                 "evaluate.explainers=[gradcam]", "report.enabled=false", "device=cpu"]
+"""``--set`` overrides that shrink a shipped shapes experiment to a few seconds."""
+
+
+def smoke_run_experiment(name: str, out: Path, overrides: list[str] = SHRUNK_SHAPES) -> Path:
+    """``--smoke`` run of ``experiments/<name>`` with ``overrides``; returns the seed-0 folder."""
+    from xkd.run import main
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / name
+    args = [str(path), "--smoke", "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 0
+    return out / "seed-0"

@@ -5,12 +5,12 @@ optimiser split, errors and a fast smoke run of the experiment file."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import smoke_run_experiment
 from tests.test_distill_toy import FlatNet, TinyNet
 from xkd.config import ModelConfig, OptimizerConfig, ScheduleConfig
 from xkd.distill import DistillContext, build_distiller
@@ -20,8 +20,6 @@ from xkd.engine.optim import build_extra_optimizers, build_optimizer
 from xkd.errors import ConfigError, UserError
 from xkd.models import build as build_model
 from xkd.models.base import describe
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def _ctx(size=16, classes=4, path="students[0]"):
@@ -177,14 +175,7 @@ def test_config_names_num_common(write_experiment):
 
 
 def test_smoke_run_of_the_experiment_file(tmp_path):
-    from xkd.run import main
-
-    over = ["seeds=[0]", "data.params.train_size=32", "data.params.val_size=16",
-            "data.params.test_size=16", "data.params.image_size=16", "evaluate.subset_size=4",
-            "evaluate.explainers=[gradcam]", "report.enabled=false", "device=cpu"]
-    args = [str(EXPERIMENTS / "ffsd.yaml"), "--smoke", "--out", str(tmp_path / "run")]
-    assert main(args + [a for o in over for a in ("--set", o)]) == 0
-    run = tmp_path / "run" / "seed-0"
+    run = smoke_run_experiment("ffsd.yaml", tmp_path / "run")
     rows = (run / "students" / "ffsd" / "history.jsonl").read_text()
     assert '"acc_fusion"' in rows and '"acc_common1"' in rows
     import json
@@ -195,6 +186,4 @@ def test_smoke_run_of_the_experiment_file(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ffsd.yaml", "ffsd_digits.yaml"])
 def test_full_file_smoke_runs(tmp_path, name):
-    from xkd.run import main
-
-    assert main([str(EXPERIMENTS / name), "--smoke", "--out", str(tmp_path / "run")]) == 0
+    smoke_run_experiment(name, tmp_path / "run", [])

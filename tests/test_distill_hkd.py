@@ -4,7 +4,6 @@ memory-bank updates and negative sampling, the distiller's losses, bad inputs an
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +11,12 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from tests.test_distill_toy import TinyNet
+from tests.conftest import smoke_run_experiment
 from xkd.data.tensors import TensorSplit
 from xkd.distill import DistillContext, build_distiller, dataset_labels
 from xkd.distill.hkd_graph import GraphConv, info_nce, knn_graph, normalized_adjacency
 from xkd.distill.hkd_memory import MemoryBank, negative_scores, sample_negatives
 from xkd.errors import UserError
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def test_knn_graph_matches_brute_force():
@@ -205,19 +203,11 @@ def test_dataset_labels():
 
 
 def test_smoke_run_of_the_experiment_file(tmp_path):
-    from xkd.run import main
-
-    over = ["seeds=[0]", "data.params.train_size=32", "data.params.val_size=16",
-            "data.params.test_size=16", "data.params.image_size=16", "evaluate.subset_size=4",
-            "evaluate.explainers=[gradcam]", "report.enabled=false", "device=cpu"]
-    args = [str(EXPERIMENTS / "hkd.yaml"), "--smoke", "--out", str(tmp_path / "run")]
-    assert main(args + [a for o in over for a in ("--set", o)]) == 0
+    smoke_run_experiment("hkd.yaml", tmp_path / "run")
     assert (tmp_path / "run" / "seed-0" / "explanations" / "student_hkd.npz").is_file()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["hkd.yaml", "hkd_digits.yaml"])
 def test_full_file_smoke_runs(tmp_path, name):
-    from xkd.run import main
-
-    assert main([str(EXPERIMENTS / name), "--smoke", "--out", str(tmp_path / "run")]) == 0
+    smoke_run_experiment(name, tmp_path / "run", [])

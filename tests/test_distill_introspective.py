@@ -5,19 +5,17 @@ caching; bad inputs (one line) and a smoke run of the experiment file."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from tests.test_distill_toy import FlatNet, TinyNet
+from tests.conftest import smoke_run_experiment
 from xkd.distill import DistillContext, build_distiller
 from xkd.distill.introspective import class_similarities, explained_classes, soft_targets
 from xkd.errors import ConfigError, UserError
 from xkd.explain import build as build_explainer
-
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def _ctx(n=0, classes=5, task="classification", path="students[2]"):
@@ -129,19 +127,11 @@ def test_bad_inputs_are_one_line():
 
 
 def test_smoke_run_of_the_experiment_file(tmp_path):
-    from xkd.run import main
-
-    over = ["seeds=[0]", "data.params.train_size=32", "data.params.val_size=16",
-            "data.params.test_size=16", "data.params.image_size=16", "evaluate.subset_size=4",
-            "evaluate.explainers=[gradcam]", "report.enabled=false", "device=cpu"]
-    args = [str(EXPERIMENTS / "introspective.yaml"), "--smoke", "--out", str(tmp_path / "run")]
-    assert main(args + [a for o in over for a in ("--set", o)]) == 0
+    smoke_run_experiment("introspective.yaml", tmp_path / "run")
     assert (tmp_path / "run" / "seed-0" / "explanations" / "student_introspective.npz").is_file()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["introspective.yaml", "introspective_digits.yaml"])
 def test_full_file_smoke_runs(tmp_path, name):
-    from xkd.run import main
-
-    assert main([str(EXPERIMENTS / name), "--smoke", "--out", str(tmp_path / "run")]) == 0
+    smoke_run_experiment(name, tmp_path / "run", [])
