@@ -14,7 +14,7 @@ from torch import nn
 
 from xkd.distill import DistillContext, build_distiller
 from xkd.distill.ccl import CCLDistiller, TeacherRef
-from xkd.distill.ccl_losses import (CompositionHead, label_contrastive, symmetric_contrastive,
+from xkd.distill.ccl.losses import (CompositionHead, label_contrastive, symmetric_contrastive,
                                     symmetric_kl)
 from xkd.engine.retrieval import recall_at_k
 from xkd.errors import ConfigError, UserError

@@ -10,8 +10,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from xkd.cgan.config import FilterConfig
-from xkd.cgan.filtering import filter_classification, filter_regression
+from xkd.gan.config import FilterConfig
+from xkd.gan.filtering import filter_classification, filter_regression
 from xkd.config import _error_from_validation
 from xkd.errors import ConfigError
 

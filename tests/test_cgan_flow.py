@@ -14,7 +14,7 @@ import yaml
 from xkd import io
 from xkd.config import DataConfig
 from xkd.data import build_data
-from xkd.cgan.fakeset import FakeSplit, RealOnly, load_fake_set, save_fake_set
+from xkd.gan.fakeset import FakeSplit, RealOnly, load_fake_set, save_fake_set
 from xkd.errors import UserError
 from xkd.run import main
 
@@ -59,7 +59,7 @@ def test_regression_fake_set_is_cached_in_the_label_range_and_reported(tmp_path:
 
 
 def test_gan_killed_mid_training_resumes_to_the_same_generator(tmp_path: Path, monkeypatch):
-    import xkd.cgan.training as T
+    import xkd.gan.training as T
 
     path = _exp(tmp_path, CLS, [CE, _cg()])
     a, b = tmp_path / "a", tmp_path / "b"
@@ -127,7 +127,7 @@ def test_fake_file_from_another_dataset_or_label_range_is_refused(tmp_path: Path
 
 
 def test_budgeted_rejection_accepts_with_probability_r_over_m_and_stops_at_budget():
-    from xkd.cgan.process import budgeted_rejection
+    from xkd.pipeline.generated_process import budgeted_rejection
 
     gen = torch.Generator().manual_seed(0)
 
@@ -153,7 +153,7 @@ def test_budgeted_rejection_accepts_with_probability_r_over_m_and_stops_at_budge
 
 
 def test_balanced_subset_keeps_every_level_when_n_is_not_a_multiple():
-    from xkd.cgan.process import _balanced
+    from xkd.pipeline.generated_process import _balanced
 
     # 3 levels, 4 kept samples each (grouped by level, as rejection sampling returns them)
     labels = torch.tensor([0.0] * 4 + [0.5] * 4 + [1.0] * 4)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy import stats
 
-from xkd.cgan.config import SubsampleConfig
-from xkd.cgan.subsample import (fit_density_ratio, rejection_sample, rejection_sample_per_label,
+from xkd.gan.config import SubsampleConfig
+from xkd.gan.subsample import (fit_density_ratio, rejection_sample, rejection_sample_per_label,
                                 sp_bregman_loss)
 from xkd.errors import UserError
 

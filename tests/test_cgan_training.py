@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xkd.cgan.config import GANConfig
-from xkd.cgan.training import _Run, generate, load_generator, train_gan
+from xkd.gan.config import GANConfig
+from xkd.gan.training import _Run, generate, load_generator, train_gan
 from xkd.data.tensors import TensorSplit
 from xkd.errors import UserError
 from xkd.io import read_jsonl, torch_load
@@ -135,7 +135,7 @@ def test_generate_does_not_depend_on_batch_size(tmp_path: Path) -> None:
 
 
 def test_minibatch_std_per_class_matches_torch_std() -> None:
-    from xkd.cgan.networks import minibatch_std
+    from xkd.gan.networks import minibatch_std
 
     h = torch.randn(6, 4, 2, 2, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 0, 1, 1, 1, 2])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from xkd.cgan.augment import colour, diff_augment, translate
-from xkd.cgan.losses import hinge_d_loss, hinge_g_loss
-from xkd.cgan.vicinal import (SOFT_THRESHOLD, kappa_from_gaps, rule_of_thumb_sigma,
+from xkd.gan.augment import colour, diff_augment, translate
+from xkd.gan.losses import hinge_d_loss, hinge_g_loss
+from xkd.gan.vicinal import (SOFT_THRESHOLD, kappa_from_gaps, rule_of_thumb_sigma,
                               sample_vicinal_batch, soft_weights, vicinity_radius)
 from xkd.errors import UserError
 

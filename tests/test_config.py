@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_experiment
-from xkd import config as C
+from xkd.pipeline import checks as C
 from xkd.errors import ConfigError, UserError
 from xkd.run import main
 

@@ -14,7 +14,7 @@ from tests.conftest import smoke_run_experiment
 from tests.test_distill_toy import FlatNet, TinyNet
 from xkd.config import ModelConfig, OptimizerConfig, ScheduleConfig
 from xkd.distill import DistillContext, build_distiller
-from xkd.distill.ffsd_modules import (attention, attention_distance, diversity_loss, diversity_target,
+from xkd.distill.ffsd.modules import (attention, attention_distance, diversity_loss, diversity_target,
                                       shifted_feature, warmup_weight)
 from xkd.engine.optim import build_extra_optimizers, build_optimizer
 from xkd.errors import ConfigError, UserError
@@ -165,7 +165,7 @@ def test_bad_inputs():
 
 
 def test_config_names_num_common(write_experiment):
-    from xkd.config import load
+    from xkd.pipeline.checks import load
     from tests.conftest import tiny_experiment
 
     exp = tiny_experiment(students=[{"name": "f", "method": "ffsd", "model": {"name": "resnet8"},

@@ -14,8 +14,8 @@ from tests.test_distill_toy import TinyNet
 from tests.conftest import smoke_run_experiment
 from xkd.data.tensors import TensorSplit
 from xkd.distill import DistillContext, build_distiller, dataset_labels
-from xkd.distill.hkd_graph import GraphConv, info_nce, knn_graph, normalized_adjacency
-from xkd.distill.hkd_memory import MemoryBank, negative_scores, sample_negatives
+from xkd.distill.hkd.graph import GraphConv, info_nce, knn_graph, normalized_adjacency
+from xkd.distill.hkd.memory import MemoryBank, negative_scores, sample_negatives
 from xkd.errors import UserError
 
 

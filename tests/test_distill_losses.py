@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from xkd.distill.losses import hcl, kd_loss, task_loss, warmup_factor, weighted_hcl
-from xkd.distill.saliency_weights import level_weights, normalised_entropy, resize_map
+from xkd.losses import hcl, kd_loss, task_loss, warmup_factor, weighted_hcl
+from xkd.distill.reviewkd.weights import level_weights, normalised_entropy, resize_map
 
 
 def _np_softmax(z):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xkd.distill import DistillContext, build_distiller
-from xkd.distill.losses import hcl
+from xkd.losses import hcl
 from xkd.models import build as build_model
 
 

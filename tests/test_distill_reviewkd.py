@@ -8,8 +8,8 @@ from torch import nn
 
 from tests.test_distill_toy import FlatNet, TinyNet
 from xkd.distill import DistillContext, build_distiller
-from xkd.distill.abf import ABF
-from xkd.distill.losses import hcl
+from xkd.distill.reviewkd.abf import ABF
+from xkd.losses import hcl
 from xkd.errors import ConfigError, UserError
 
 

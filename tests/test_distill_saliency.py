@@ -8,8 +8,8 @@ from captum.attr import LayerGradCam
 
 from tests.test_distill_toy import TinyNet
 from xkd.distill import DistillContext, build_distiller
-from xkd.distill.losses import hcl
-from xkd.distill.saliency_weights import SaliencyWeighting, derangement, level_weights
+from xkd.losses import hcl
+from xkd.distill.reviewkd.weights import SaliencyWeighting, derangement, level_weights
 from xkd.errors import UserError
 
 
@@ -171,7 +171,7 @@ def test_weighted_review_is_sum_of_weighted_levels():
     b = _batch()
     got = d(b, 0).losses["review"]
     # independent of the distiller's plumbing: level weights by hand from the map
-    from xkd.distill.losses import weighted_hcl
+    from xkd.losses import weighted_hcl
 
     sf, tf = student.features(b["image"]), teacher.features(b["image"])
     outs, _ = d.abfs(sf.stages + [sf.pooled[:, :, None, None]])

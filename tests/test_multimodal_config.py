@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from xkd.config import ExperimentConfig, validate
+from xkd.config import ExperimentConfig
+from xkd.pipeline.checks import validate
 from xkd.data import build_data
 from xkd.errors import ConfigError
-from xkd.multimodal import check_modalities, has_audio, model_geometry
+from xkd.pipeline.multimodal import check_modalities, has_audio, model_geometry
 from xkd.run import main
 
 DATA = {"name": "av_shapes", "params": {"n_train": 8, "n_val": 4, "n_test": 4, "num_classes": 3,

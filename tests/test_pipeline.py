@@ -132,7 +132,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, monkeypatch):
     full = tmp_path / "full"
     assert main([str(path), "--out", str(full)]) == 0
 
-    import xkd.experiment as E
+    import xkd.pipeline.flow as E
 
     real_fit = E.fit
 
@@ -170,7 +170,7 @@ def test_cli_module_entry_point(tmp_path: Path):
 
 
 def test_aggregate_seeds_mean_and_sample_std():
-    from xkd.experiment import aggregate_seeds
+    from xkd.pipeline.flow import aggregate_seeds
 
     s = [{"rows": [{"model": "ce", "method": "ce", "test_acc": a, "params": 10}]} for a in (0.5, 0.7, 0.9)]
     row = aggregate_seeds(s)[0]
@@ -181,7 +181,7 @@ def test_aggregate_seeds_mean_and_sample_std():
 
 
 def test_weight_map_quality_against_hand_values():
-    from xkd.teacher_saliency import weight_map_quality
+    from xkd.pipeline.teacher_saliency import weight_map_quality
 
     class Cache:
         array = np.zeros((2, 1, 4, 4), dtype=np.float16)

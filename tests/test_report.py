@@ -18,7 +18,8 @@ import yaml
 from scipy import stats
 
 from xkd import io
-from xkd.config import ExperimentConfig, resolved_dict
+from xkd.config import ExperimentConfig
+from xkd.pipeline.checks import resolved_dict
 from xkd.errors import UserError
 from xkd.report import build_report, build_seed_report
 from xkd.report.cli import main as report_main

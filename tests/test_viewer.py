@@ -83,7 +83,7 @@ def build_runs_root(factory) -> Path:
     shutil.copy(quick / "teacher" / "history.jsonl", train / "teacher" / "history.jsonl")
     shutil.copy(quick / "students" / "ce" / "history.jsonl", train / "students" / "ce" / "history.jsonl")
     # a multi-seed run: one seed folder and the aggregate summary
-    from xkd.experiment import aggregate_seeds
+    from xkd.pipeline.flow import aggregate_seeds
 
     multi = root / "multi"
     _copy(quick, multi / "seed-0")

@@ -58,7 +58,7 @@ def test_adaptive_pool_matches_torch(size_in, size_out):
 
 
 def test_resize_and_level_weights_match_xkd():
-    from xkd.distill.saliency_weights import level_weights, resize_map
+    from xkd.distill.reviewkd.weights import level_weights, resize_map
 
     x = torch.rand(1, 1, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     for size in [(12, 12), (6, 6), (5, 3), (16, 20)]:

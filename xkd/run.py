@@ -69,7 +69,7 @@ def _choose_dir(cfg: Any, args: argparse.Namespace) -> Path:
 
 
 def _check_resume_config(run_dir: Path, cfg: Any) -> None:
-    from xkd.config import resolved_dict
+    from xkd.pipeline.checks import resolved_dict
     from xkd.io import read_yaml
 
     stored = dict(read_yaml(run_dir / "config.yaml"))
@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from xkd import config as C
+    from xkd.pipeline import checks as C
     from xkd.engine import init_distributed, is_main_process
-    from xkd.preflight import preflight
+    from xkd.pipeline.preflight import preflight
 
     cfg = C.load(args.experiment, args.overrides)
     preflight(cfg, smoke=args.smoke)
@@ -128,12 +128,12 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     run_dir = _sync_dir(_choose_dir(cfg, args))
     if args.resume:
         _check_resume_config(run_dir, cfg)
-    from xkd.session import run_session
+    from xkd.pipeline.session import run_session
 
     summary = run_session(cfg, run_dir, resume=args.resume, smoke=args.smoke,
                           argv=["python", "-m", "xkd.run", *argv])
     if is_main_process():
-        from xkd.summary_table import format_summary
+        from xkd.pipeline.summary_table import format_summary
 
         print(format_summary(summary))
         print(f"run folder: {run_dir}")

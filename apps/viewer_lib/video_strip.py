@@ -1,6 +1,6 @@
 """Frame strip of a multi-modal run (issue 7): per sample of the eval subset, the clip's frames and,
 per video model, its per-frame saliency over each frame (one colour scale per model and clip)
-captioned with the frame's temporal importance (``explanations/video_*.npz``, xkd.export_video)."""
+captioned with the frame's temporal importance (``explanations/video_*.npz``, xkd.pipeline.export_video)."""
 
 from __future__ import annotations
 

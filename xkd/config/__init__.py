@@ -1,9 +1,9 @@
 """The experiment file (one YAML file per experiment): ``schema`` holds the pydantic models of every
-section, ``loading`` reads, overrides, validates and dumps them. Import from here:
-``from xkd.config import load, ExperimentConfig``."""
+section, ``loading`` reads, overrides and validates them against the schema. This package imports
+no registry: names are checked by :mod:`xkd.pipeline.checks` (``load``, ``validate``)."""
 
-from xkd.config.loading import (_error_from_validation, apply_override, check_names, load, load_raw,
-                                method_params, parse_override, resolved_dict, validate)
+from xkd.config.loading import (_error_from_validation, apply_override, load_raw, load_with_overrides,
+                                parse, parse_override)
 from xkd.config.schema import (AugmentConfig, CGANSection, DataConfig, EvaluateConfig, ExperimentConfig,
                                ExplainConfig, ModelConfig, OptimizerConfig, OutputConfig, ReportConfig,
                                ScheduleConfig, StudentConfig, Strict, TeacherConfig, TrainConfig,
@@ -12,5 +12,4 @@ from xkd.config.schema import (AugmentConfig, CGANSection, DataConfig, EvaluateC
 __all__ = ["AugmentConfig", "CGANSection", "DataConfig", "EvaluateConfig", "ExperimentConfig", "ExplainConfig",
            "ModelConfig", "OptimizerConfig", "OutputConfig", "ReportConfig", "ScheduleConfig", "StudentConfig",
            "Strict", "TeacherConfig", "TrainConfig", "TrainOverride", "_error_from_validation",
-           "apply_override", "check_names", "load", "load_raw", "method_params", "parse_override",
-           "resolved_dict", "validate"]
+           "apply_override", "load_raw", "load_with_overrides", "parse", "parse_override"]

@@ -1,6 +1,7 @@
-"""Loading the experiment file: ``yaml.safe_load``, ``--set`` overrides, validation into the schema,
-registry-name checks and the resolved dump written as ``RUN/config.yaml``. Every error becomes one
-:class:`ConfigError` line naming the field path, the bad value and what is allowed."""
+"""Reading the experiment file: ``yaml.safe_load``, ``--set`` overrides and validation into the
+schema. Every error becomes one :class:`ConfigError` line naming the field path, the bad value and
+what is allowed. Registry names (datasets, models, methods, ...) are checked one layer up, by
+:mod:`xkd.pipeline.checks`, so that this package imports no registry."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from xkd.config.schema import ExperimentConfig, ModelConfig, StudentConfig
+from xkd.config.schema import ExperimentConfig
 from xkd.errors import ConfigError, UserError
 
 
@@ -108,107 +109,18 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def validate(raw: dict[str, Any], base_dir: Path | None = None) -> ExperimentConfig:
-    """Validate a raw mapping into :class:`ExperimentConfig`, then check names and method params."""
+def parse(raw: dict[str, Any]) -> ExperimentConfig:
+    """Validate a raw mapping into :class:`ExperimentConfig` (schema only; no registry lookups)."""
     try:
-        cfg = ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise _error_from_validation(e) from None
-    check_names(cfg, base_dir)
-    return cfg
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load, override (``--set``) and validate an experiment file."""
+def load_with_overrides(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw mapping of an experiment file with ``--set`` overrides applied."""
     raw = load_raw(path)
     for text in overrides or []:
         parts, value = parse_override(text)
         apply_override(raw, parts, copy.deepcopy(value))
-    return validate(raw, Path(path).parent)
-
-
-def _check_model(m: ModelConfig, path: str) -> None:
-    from xkd.models import check
-
-    if m.checkpoint is not None and not Path(m.checkpoint).is_file():
-        raise ConfigError(f"{path}.checkpoint", f"file not found: {m.checkpoint}")
-    check(m, path)
-
-
-def check_names(cfg: ExperimentConfig, base_dir: Path | None = None) -> None:
-    """Registered names exist and method/dataset params match their schemas."""
-    from xkd.data import DATASETS
-    from xkd.distill import METHODS
-    from xkd.explain import EXPLAINERS
-
-    entry = DATASETS.entry(cfg.data.name, path="data.name")
-    if entry.params is not None:
-        try:
-            entry.params.model_validate(cfg.data.params)
-        except ValidationError as e:
-            raise _error_from_validation(e, "data.params") from None
-    if cfg.teacher is not None:
-        _check_model(cfg.teacher.model, "teacher.model")
-        if cfg.teacher.data and entry.params is not None:
-            try:
-                entry.params.model_validate({**cfg.data.params, **cfg.teacher.data})
-            except ValidationError as err:
-                raise _error_from_validation(err, "teacher.data") from None
-        if cfg.teacher.pretrained and cfg.teacher.model.checkpoint is None:
-            raise ConfigError("teacher.pretrained", "true needs teacher.model.checkpoint to be set")
-    EXPLAINERS.entry(cfg.explain.method, path="explain.method")
-    for i, name in enumerate(cfg.evaluate.explainers):
-        EXPLAINERS.entry(name, path=f"evaluate.explainers[{i}]")
-    for i, s in enumerate(cfg.students):
-        where = f"students[{i}]"
-        e = METHODS.entry(s.method, path=f"{where}.method")
-        _check_model(s.model, f"{where}.model")
-        if e.params is not None:
-            try:
-                e.params.model_validate(s.params)
-            except ValidationError as err:
-                raise _error_from_validation(err, f"{where}.params") from None
-        if e.meta.get("needs_teacher", True) and cfg.teacher is None and not cfg.teachers:
-            raise ConfigError(f"{where}.method", f"'{s.method}' needs a teacher section")
-        if s.data and entry.params is not None:
-            try:
-                entry.params.model_validate({**cfg.data.params, **s.data})
-            except ValidationError as err:
-                raise _error_from_validation(err, f"{where}.data") from None
-    if cfg.cgan is not None or any(s.method == "cgan_kd" for s in cfg.students):
-        from xkd.cgan.flow_checks import check_cgan
-
-        check_cgan(cfg)
-    from xkd.multimodal import check_teachers
-
-    check_teachers(cfg, _check_model)
-    if cfg.evaluate.metrics is not None:
-        try:
-            from xkd.metrics import METRICS
-        except ImportError:  # metrics package not built yet
-            return
-        for i, m in enumerate(cfg.evaluate.metrics):
-            METRICS.entry(m, path=f"evaluate.metrics[{i}]")
-
-
-def method_params(cfg: StudentConfig) -> Any:
-    """The validated params model of a student's method."""
-    from xkd.distill import METHODS
-
-    e = METHODS.entry(cfg.method)
-    return e.params.model_validate(cfg.params) if e.params is not None else cfg.params
-
-
-def resolved_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Every default written out, method params resolved through their schemas."""
-    out = cfg.model_dump(mode="json")
-    for i, s in enumerate(cfg.students):
-        p = method_params(s)
-        if isinstance(p, BaseModel):
-            out["students"][i]["params"] = p.model_dump(mode="json")
-    if cfg.cgan is not None:
-        from xkd.cgan.flow_checks import resolved_cgan
-
-        out["cgan"] = resolved_cgan(cfg.cgan)
-    return out
-
+    return raw

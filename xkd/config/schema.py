@@ -149,7 +149,7 @@ class OutputConfig(Strict):
 class CGANSection(Strict):
     """cGAN-KD (Ding et al. 2023; issue 8): the conditional GAN trained once per seed into
     ``RUN/cgan/`` and the cDR-RS ratio model; ``cgan_kd`` students draw processed fakes from it.
-    ``gan`` and ``subsample`` are validated against ``xkd.cgan.config.GANConfig`` and
+    ``gan`` and ``subsample`` are validated against ``xkd.gan.config.GANConfig`` and
     ``SubsampleConfig`` (``subsample.enabled`` is set per student by ``cgan_kd``'s ``subsample``)."""
 
     gan: dict[str, Any] = Field(default_factory=dict, description="GANConfig fields")

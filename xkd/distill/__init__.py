@@ -14,12 +14,12 @@ from xkd.distill.base import (METHODS, DistillContext, Distiller, MethodParams, 
                               list_methods)
 from xkd.distill import ccl, ce, e2kd, ffsd, hkd, introspective, kd, reviewkd  # noqa: F401  (registration)
 from xkd.distill import cgan_kd  # noqa: F401,E402  (registration; wraps the methods above)
-from xkd.distill.hkd_memory import dataset_labels
+from xkd.distill.hkd import dataset_labels
 from xkd.errors import ConfigError, UserError
 from xkd.models.base import FeatureModel
 
 __all__ = ["METHODS", "Distiller", "StepOutput", "DistillContext", "MethodParams", "list_methods",
-           "build_distiller", "dataset_labels"]
+           "build_distiller", "dataset_labels", "validated_params"]
 
 
 def _validation_error(e: ValidationError, prefix: str) -> ConfigError:
@@ -32,6 +32,12 @@ def _validation_error(e: ValidationError, prefix: str) -> ConfigError:
     elif "input" in err and not isinstance(err["input"], (dict, list)):
         msg = f"{msg} (got {err['input']!r})"
     return ConfigError(path, msg)
+
+
+def validated_params(method: str, params: dict[str, Any]) -> Any:
+    """``params`` validated into the method's registered schema (unchanged when it has none)."""
+    e = METHODS.entry(method)
+    return e.params.model_validate(params) if e.params is not None else params
 
 
 def _check_input_keys(entry: Any, method: str, where: str, context: DistillContext) -> None:

@@ -10,7 +10,7 @@ from typing import Literal
 import torch
 
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
-from xkd.distill.losses import task_loss
+from xkd.losses import task_loss
 from xkd.models.base import FeatureModel
 
 

@@ -4,7 +4,7 @@ Knowledge moves through *data*: the student trains on the real set plus conditio
 that cDR-RS subsampling kept (M1, section 5.3), the teacher filtered and, for regression, relabelled
 (M2, section 5.4). The per-step objective is the base method's (M3, section 5.5: "cGAN-KD + X"), so
 this distiller only wraps ``base`` and delegates forward, losses, extra modules and optimiser
-groups to it. The fake set itself is built by the pipeline (:mod:`xkd.cgan.stage`) before training.
+groups to it. The fake set itself is built by the pipeline (:mod:`xkd.pipeline.generated`) before training.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, ValidationError
 from torch import nn
 
-from xkd.cgan.config import FilterConfig
+from xkd.gan.config import FilterConfig
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
 from xkd.errors import ConfigError, UserError
 from xkd.models.base import FeatureModel

@@ -25,7 +25,7 @@ from pydantic import Field
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
 from xkd.distill.gradcam import captum_gradcam, differentiable_gradcam
 from xkd.distill.kd import require_classification
-from xkd.distill.losses import kd_loss, task_loss
+from xkd.losses import kd_loss, task_loss
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel
 

@@ -10,7 +10,7 @@ import torch
 from pydantic import Field
 
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
-from xkd.distill.losses import kd_loss, task_loss
+from xkd.losses import kd_loss, task_loss
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel
 

@@ -123,7 +123,7 @@ def _figures(doc: Document, data: RunData, comp: Computed, enabled: bool) -> Non
                    "present: the teacher map that weighted the review loss")
     doc.figure("sanity", F.sanity(comp), "Cascading model-parameter randomisation (teacher)")
     doc.figure("training", F.training(data), "Training curves (history.jsonl)")
-    gan = data.folder.root / "cgan" / "samples.png"  # cGAN-KD: written by xkd.cgan.training
+    gan = data.folder.root / "cgan" / "samples.png"  # cGAN-KD: written by xkd.gan.training
     if gan.is_file():
         doc.figure("cgan_samples", gan.read_bytes(), "cGAN-KD: samples of the conditional GAN's EMA "
                    "generator, one row per class (classification) or per label (regression sweep)")

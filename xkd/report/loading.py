@@ -183,7 +183,7 @@ def load_run(run_dir: str | Path, need_explanations: bool = True) -> RunData:
     if not need_explanations and not index_path.is_file():
         return data
     if not index_path.is_file() and (folder.explanations / "video_index.json").is_file():
-        return data  # multi-modal run: per-frame video explanations only (xkd.export_video)
+        return data  # multi-modal run: per-frame video explanations only (xkd.pipeline.export_video)
     _load_explanations(data, index_path)
     return data
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from xkd.config import ExperimentConfig, ExplainConfig, method_params
+from xkd.config import ExperimentConfig, ExplainConfig
+from xkd.pipeline.checks import method_params
 from xkd.data import build_data
 from xkd.distill import DistillContext, build_distiller, dataset_labels
 from xkd.errors import UserError
@@ -29,10 +30,10 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
             bundles[key] = build_data(cfg.data, cfg.seed, over or None)
         return bundles[key]
 
-    from xkd.multimodal import is_multimodal
+    from xkd.pipeline.multimodal import is_multimodal
 
     if is_multimodal(cfg):  # named teachers / video or audio inputs (issue 7)
-        from xkd.multimodal_preflight import preflight_multimodal
+        from xkd.pipeline.multimodal_preflight import preflight_multimodal
 
         return preflight_multimodal(cfg, data)
     main = data({})
@@ -58,7 +59,7 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
                                                                 "labels": dataset_labels(b.train)})  # hkd
         d = build_distiller(sc.method, student, teacher, method_params(sc), ctx)
         if getattr(d, "uses_fake_data", False) and d.params.fake_data is not None:
-            from xkd.cgan.fakeset import load_fake_set  # cGAN-KD: a file for this data?
+            from xkd.gan.fakeset import load_fake_set  # cGAN-KD: a file for this data?
 
             load_fake_set(d.params.fake_data, b, f"{path}.params.fake_data")
         spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None

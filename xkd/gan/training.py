@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from xkd.cgan.augment import diff_augment
-from xkd.cgan.config import GANConfig
-from xkd.cgan.grid import save_sample_grid
-from xkd.cgan.losses import hinge_d_loss, hinge_g_loss
-from xkd.cgan.networks import Discriminator, Generator
-from xkd.cgan.vicinal import kappa_from_gaps, rule_of_thumb_sigma, sample_vicinal_batch
+from xkd.gan.augment import diff_augment
+from xkd.gan.config import GANConfig
+from xkd.gan.grid import save_sample_grid
+from xkd.gan.losses import hinge_d_loss, hinge_g_loss
+from xkd.gan.networks import Discriminator, Generator
+from xkd.gan.vicinal import kappa_from_gaps, rule_of_thumb_sigma, sample_vicinal_batch
 from xkd.errors import UserError
 from xkd.io import append_jsonl, read_jsonl, torch_load, torch_save, write_text
 

@@ -6,11 +6,11 @@ L = ce_weight · CE + review_weight · min(1, epoch / warmup_epochs) · Σ_j HCL
 with a 0-indexed epoch, so the review term is exactly zero in the first epoch. Taps (notes 1.5):
 teacher pre-activation stages + pooled vector; student post-activation stages (``student_preact``
 switches to pre-activation) + pooled vector. When the two models have different numbers of stages
-the deepest min(n_s, n_t) stages are paired. The ABF chain (``xkd.distill.abf``) is built from dry
+the deepest min(n_s, n_t) stages are paired. The ABF chain (``xkd.distill.reviewkd.abf``) is built from dry
 runs (:func:`xkd.models.base.describe`) on ``context.example``, for any channels and spatial sizes.
 
 ``saliency_mix`` a > 0 weights each spatial level's HCL per location by the teacher's saliency
-(DESIGN 3.5, notes 7.2): see ``xkd.distill.saliency_weights`` and ``losses.weighted_hcl``. a = 0 is
+(DESIGN 3.5, notes 7.2): see ``xkd.distill.reviewkd.weights`` and ``losses.weighted_hcl``. a = 0 is
 plain ReviewKD. The pooled-vector level is a single location and therefore always unweighted.
 """
 
@@ -22,10 +22,10 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from xkd.distill.abf import ReviewChain
+from xkd.distill.reviewkd.abf import ReviewChain
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
-from xkd.distill.losses import hcl, kd_loss, task_loss, warmup_factor, weighted_hcl
-from xkd.distill.saliency_weights import SaliencyWeighting
+from xkd.losses import hcl, kd_loss, task_loss, warmup_factor, weighted_hcl
+from xkd.distill.reviewkd.weights import SaliencyWeighting
 from xkd.errors import UserError
 from xkd.models.base import Features, FeatureModel, describe
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from xkd import io
-from xkd.config import ExperimentConfig, resolved_dict
+from xkd.config import ExperimentConfig
+from xkd.pipeline.checks import resolved_dict
 from xkd.errors import UserError
 from xkd.runfolder import RunFolder
 
@@ -26,7 +27,7 @@ def _status(run_dir: Path, state: str, **extra: Any) -> None:
 def run_session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bool,
                 argv: list[str], log: Any = print) -> dict[str, Any]:
     """Run the experiment into ``run_dir``; returns the (aggregate) summary."""
-    from xkd.experiment import aggregate_seeds, run_one_seed
+    from xkd.pipeline.flow import aggregate_seeds, run_one_seed
 
     _status(run_dir, "running")
     try:

@@ -22,16 +22,16 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset
 
 from xkd import io
-from xkd.cgan.fakeset import FakeSplit, RealOnly, load_fake_set, save_fake_set
-from xkd.cgan.flow_checks import gan_config, subsample_config
-from xkd.cgan.process import features, process_fakes, ratio_labels
+from xkd.gan.fakeset import FakeSplit, RealOnly, load_fake_set, save_fake_set
+from xkd.pipeline.generated_checks import gan_config, subsample_config
+from xkd.pipeline.generated_process import features, process_fakes, ratio_labels
 from xkd.data.base import DataBundle
 from xkd.data.label_scaling import training_split
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel
 
 if TYPE_CHECKING:
-    from xkd.experiment import RunContext
+    from xkd.pipeline.context import RunContext
 
 SMOKE_GAN = {"steps": 4, "batch_size": 16, "checkpoint_every": 2, "log_every": 2, "ema_start": 0}
 SMOKE_FAKES = 64
@@ -60,7 +60,7 @@ def _ratio_cfg(ctx: "RunContext", enabled: bool) -> Any:
 
 def gan_stage(ctx: "RunContext", bundle: DataBundle) -> GANStage:
     """Train (or reuse) this seed's conditional GAN in ``RUN/cgan/``; once per seed."""
-    from xkd.cgan.training import train_gan
+    from xkd.gan.training import train_gan
 
     if "cgan" in ctx.stages:
         return ctx.stages["cgan"]
@@ -81,8 +81,8 @@ def gan_stage(ctx: "RunContext", bundle: DataBundle) -> GANStage:
 
 def _ratio(ctx: "RunContext", stage: GANStage, teacher: FeatureModel, bundle: DataBundle) -> Any:
     """Fit the label-conditioned density-ratio model once per seed (fakes use the real labels)."""
-    from xkd.cgan.subsample import fit_density_ratio
-    from xkd.cgan.training import load_images
+    from xkd.gan.subsample import fit_density_ratio
+    from xkd.gan.training import load_images
 
     if stage.ratio is None:
         t0 = time.perf_counter()
@@ -96,7 +96,7 @@ def _ratio(ctx: "RunContext", stage: GANStage, teacher: FeatureModel, bundle: Da
 
 
 def _generate(stage: GANStage, labels: torch.Tensor, seed: int, ctx: "RunContext") -> torch.Tensor:
-    from xkd.cgan.training import generate
+    from xkd.gan.training import generate
 
     return generate(stage.generator, labels, seed, device=ctx.device)
 

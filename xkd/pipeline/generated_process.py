@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from xkd.cgan.config import SubsampleConfig
-from xkd.cgan.filtering import filter_classification, filter_regression
-from xkd.cgan.subsample import generator_proposer, rejection_sample_per_label
+from xkd.gan.config import SubsampleConfig
+from xkd.gan.filtering import filter_classification, filter_regression
+from xkd.gan.subsample import generator_proposer, rejection_sample_per_label
 from xkd.data.base import DataBundle
 from xkd.data.label_scaling import to_original
 from xkd.models.base import FeatureModel
 
 if TYPE_CHECKING:
-    from xkd.experiment import RunContext
+    from xkd.pipeline.context import RunContext
 
 REG_LABELS = 20
 """Distinct conditioning labels of a regression fake set (equally spaced over the label range)."""
@@ -40,7 +40,7 @@ def budgeted_rejection(propose_labels: Callable[[torch.Tensor], torch.Tensor], r
     """Per-label cDR-RS (cGAN-KD M1, seed_methods.md 5.3) with a proposal budget: for label j, a
     burn-in sets M, then each proposal is accepted with probability r / M, M the running maximum;
     stops at ``quota`` accepted or ``budget * quota`` proposals. The draws of
-    :func:`xkd.cgan.subsample.rejection_sample_per_label` (which this calls with ``budget``);
+    :func:`xkd.gan.subsample.rejection_sample_per_label` (which this calls with ``budget``);
     ``accepted`` counts what is kept (at most ``quota`` per label)."""
     items, labels, st = rejection_sample_per_label(propose_labels, ratio, levels, quota, seed,
                                                    burn_in, batch_size, budget=budget)

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from xkd import io
-from xkd.export import _stack, display_images, eval_subset
+from xkd.pipeline.export import _stack, display_images, eval_subset
 from xkd.models import FeatureModel
 
 if TYPE_CHECKING:
-    from xkd.experiment import RunContext
+    from xkd.pipeline.context import RunContext
 
 VIDEO_KEY = "video"
 METHOD = "saliency"

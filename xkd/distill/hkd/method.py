@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
-from xkd.distill.hkd_graph import Embed, GraphConv, info_nce, knn_graph
-from xkd.distill.hkd_memory import MemoryBank, negative_scores, sample_negatives
+from xkd.distill.hkd.graph import Embed, GraphConv, info_nce, knn_graph
+from xkd.distill.hkd.memory import MemoryBank, negative_scores, sample_negatives
 from xkd.distill.kd import require_classification
-from xkd.distill.losses import kd_loss
+from xkd.losses import kd_loss
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel, describe
 

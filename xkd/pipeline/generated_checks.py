@@ -1,6 +1,6 @@
 """Config checks of cGAN-KD in the experiment flow (issue 8; docs/CONTRACTS.md "cGAN-KD in the flow").
 
-Run by :func:`xkd.config.check_names` (before any run folder exists): the ``cgan`` section's
+Run by :func:`xkd.pipeline.checks.check_names` (before any run folder exists): the ``cgan`` section's
 ``gan`` and ``subsample`` mappings against :class:`GANConfig`/:class:`SubsampleConfig`; every
 ``cgan_kd`` student has a ``cgan`` section (unless it reads a ``fake_data`` file), and its
 ``init_from`` names an *earlier* student. Each problem is one :class:`ConfigError` line.
@@ -12,13 +12,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from xkd.cgan.config import GANConfig, SubsampleConfig
+from xkd.config import _error_from_validation
+from xkd.gan.config import GANConfig, SubsampleConfig
+from xkd.distill import validated_params
 from xkd.errors import ConfigError
 
 
 def _validated(model: type[BaseModel], raw: dict[str, Any], path: str) -> BaseModel:
-    from xkd.config import _error_from_validation
-
     try:
         return model.model_validate(raw)
     except ValidationError as e:
@@ -38,15 +38,13 @@ def subsample_config(section: Any, enabled: bool = True) -> SubsampleConfig:
 
 def check_cgan(cfg: Any) -> None:
     """Raise one ConfigError line for the first cGAN-KD configuration mistake."""
-    from xkd.config import method_params
-
     if cfg.cgan is not None:
         gan_config(cfg.cgan)
         subsample_config(cfg.cgan)
     names: list[str] = []
     for i, s in enumerate(cfg.students):
         if s.method == "cgan_kd":
-            p = method_params(s)
+            p = validated_params(s.method, s.params)
             where = f"students[{i}].params"
             if cfg.cgan is None and p.fake_data is None:
                 raise ConfigError(f"students[{i}].method", "'cgan_kd' needs a top-level 'cgan' "

@@ -1,7 +1,7 @@
 """GAN losses: the (optionally vicinal-weighted) hinge loss (Lim & Ye 2017; Miyato et al. 2018).
 
 D: sum(w_r relu(1 - D(x_r, y))) / sum(w_r) + sum(w_f relu(1 + D(G(z, y'), y))) / sum(w_f);
-G: -mean(D(G(z, y), y)). With weights from :mod:`xkd.cgan.vicinal` this is the hinge form of
+G: -mean(D(G(z, y), y)). With weights from :mod:`xkd.gan.vicinal` this is the hinge form of
 CcGAN's HVDL/SVDL (Ding et al., ICLR 2021, eqs. 5-8) with self-normalised weights (each term a
 weighted average), so that the real and fake terms stay balanced whatever the weights' scale
 (unnormalised soft weights made the real term ~2x smaller and D call everything fake);

@@ -32,7 +32,7 @@ def save_sample_grid(generator: nn.Module, path: str | Path, mean: Sequence[floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from xkd.cgan.training import generate
+    from xkd.gan.training import generate
 
     row_labels, names = grid_labels(generator)
     labels = row_labels.repeat_interleave(per_row)

@@ -9,13 +9,14 @@ from typing import Any, Callable
 
 import torch
 
-from xkd.config import ExperimentConfig, ModelConfig, method_params
+from xkd.config import ExperimentConfig, ModelConfig
+from xkd.pipeline.checks import method_params
 from xkd.data import DataBundle
 from xkd.distill import DistillContext, build_distiller
 from xkd.distill.ccl import TeacherRef
 from xkd.errors import UserError
 from xkd.models import FeatureModel, build as build_model
-from xkd.multimodal import check_modalities, input_extras, model_geometry
+from xkd.pipeline.multimodal import check_modalities, input_extras, model_geometry
 
 
 def _build(mc: ModelConfig, b: DataBundle, modality: str, path: str) -> FeatureModel:

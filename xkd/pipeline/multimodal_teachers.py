@@ -18,18 +18,17 @@ from xkd.distill.ccl import TeacherRef
 from xkd.engine import is_main_process
 from xkd.engine.retrieval import embed, recall_at_k
 from xkd.models import FeatureModel
-from xkd.multimodal import check_modalities, input_extras, is_multimodal, teacher_of
+from xkd.pipeline.context import RunContext, build_model_for, n_params, train_model
+from xkd.pipeline.multimodal import check_modalities, input_extras, is_multimodal, teacher_of
 
 if TYPE_CHECKING:
-    from xkd.experiment import RunContext
+    from xkd.pipeline.context import RunContext
 
 
 def train_named_teachers(ctx: "RunContext") -> tuple[dict[str, TeacherRef], dict[str, dict[str, Any]]]:
     """Train (plain CE on its modality) or load every named teacher; frozen, eval, on the device.
 
     Also records every model's input key in ``ctx.keys`` when the run is multi-modal."""
-    from xkd.experiment import _model, _n_params, _train
-
     cfg = ctx.cfg
     if not is_multimodal(cfg):
         return {}, {}
@@ -40,9 +39,9 @@ def train_named_teachers(ctx: "RunContext") -> tuple[dict[str, TeacherRef], dict
     infos: dict[str, dict[str, Any]] = {}
     for name, tc in (cfg.teachers or {}).items():
         bundle = ctx.data(tc.data)
-        model = _model(tc.model, bundle, f"teachers.{name}.model", ctx.seed, tc.modality)
+        model = build_model_for(tc.model, bundle, f"teachers.{name}.model", ctx.seed, tc.modality)
         info: dict[str, Any] = {"role": "teacher", "method": "-", "modality": tc.modality,
-                                "params": _n_params(model), "arch": tc.model.name or tc.model.factory}
+                                "params": n_params(model), "arch": tc.model.name or tc.model.factory}
         out_dir = ctx.folder.root / "teachers" / name
         if tc.pretrained:
             info["source"] = tc.model.checkpoint
@@ -53,7 +52,7 @@ def train_named_teachers(ctx: "RunContext") -> tuple[dict[str, TeacherRef], dict
                                      dataset_size=len(bundle.train),
                                      extras={"path": f"teachers.{name}", "student_key": tc.modality})
             d = build_distiller("ce", model, None, {}, context)
-            info.update(_train(ctx, d, bundle, train, out_dir, None, f"teacher {name}"))
+            info.update(train_model(ctx, d, bundle, train, out_dir, None, f"teacher {name}"))
             if is_main_process():
                 io.torch_save(out_dir / "checkpoint.pt", {"format_version": 1, "model": model.state_dict()})
         model.to(ctx.device).eval()
@@ -66,7 +65,7 @@ def train_named_teachers(ctx: "RunContext") -> tuple[dict[str, TeacherRef], dict
 
 def student_inputs(ctx: "RunContext", sc: StudentConfig, bundle: DataBundle, teacher: FeatureModel | None,
                    named: dict[str, TeacherRef]) -> tuple[FeatureModel | None, dict[str, Any]]:
-    """:func:`xkd.multimodal.input_extras` for a run; records the student's key in ``ctx.keys``.
+    """:func:`xkd.pipeline.multimodal.input_extras` for a run; records the student's key in ``ctx.keys``.
     Image-only runs get ``(teacher, {})``."""
     if not is_multimodal(ctx.cfg):
         return teacher, {}
@@ -77,7 +76,7 @@ def student_inputs(ctx: "RunContext", sc: StudentConfig, bundle: DataBundle, tea
 def multimodal_metrics(ctx: "RunContext", models: dict[str, FeatureModel],
                        results: dict[str, dict[str, Any]]) -> None:
     """Add ``teacher`` (a student's named teacher; its ``test_agreement``/``test_kl`` against it
-    come from :func:`xkd.experiment.evaluate_models`) and ``test_r1``/``test_r5`` (every model:
+    come from :func:`xkd.pipeline.flow.evaluate_models`) and ``test_r1``/``test_r5`` (every model:
     test queries, train gallery, cosine) to ``results``."""
     if not is_multimodal(ctx.cfg):
         return

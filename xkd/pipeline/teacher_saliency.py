@@ -16,7 +16,7 @@ from xkd.errors import UserError
 from xkd.models import FeatureModel
 
 if TYPE_CHECKING:
-    from xkd.experiment import RunContext
+    from xkd.pipeline.context import RunContext
 
 
 def saliency_extras(ctx: "RunContext", d: Distiller, teacher: FeatureModel, bundle: DataBundle,

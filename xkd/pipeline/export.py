@@ -24,7 +24,7 @@ from xkd.distill import Distiller
 from xkd.models import FeatureModel
 
 if TYPE_CHECKING:
-    from xkd.experiment import RunContext
+    from xkd.pipeline.context import RunContext
 
 
 def eval_subset(bundle: DataBundle, size: int, seed: int) -> list[int]:
@@ -124,7 +124,7 @@ def _weight_map(ctx: "RunContext", d: Distiller, x: torch.Tensor, labels: torch.
     spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
     if spec is None or teacher is None:
         return None
-    from xkd.teacher_saliency import explain_config
+    from xkd.pipeline.teacher_saliency import explain_config
     from xkd.explain import build_from_config, resolve_targets
 
     ecfg = explain_config(ctx.cfg.explain, spec, "explain")

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xkd.cgan.config import SubsampleConfig
+from xkd.gan.config import SubsampleConfig
 from xkd.engine.env import derive_seed
 from xkd.errors import UserError
 
@@ -189,7 +189,7 @@ def generator_proposer(generator: nn.Module, seed: int, device: torch.device | s
                        ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``labels -> images`` from a trained generator, with fresh latents on every call
     (call c uses seed derive_seed(seed, c)); deterministic for a given call sequence."""
-    from xkd.cgan.training import generate
+    from xkd.gan.training import generate
 
     calls = [0]
 

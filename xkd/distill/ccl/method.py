@@ -2,7 +2,7 @@
 reference/seed_methods.md section 4).
 
 A video student learns from frozen audio and/or image teachers. Per teacher modality u, a
-:class:`~xkd.distill.ccl_losses.CompositionHead` builds c_u = u + W_u [N(u); N(v)] and logits
+:class:`~xkd.distill.ccl.losses.CompositionHead` builds c_u = u + W_u [N(u); N(v)] and logits
 z_{c,u}. With S the symmetric label-aware contrastive loss and J the symmetric KL (4.3):
 
 - student objective  L_v = CE(z_v, y) + w * sum_u [S(v, c_u) + S(v, u)] + w * sum_u J(z_v, z_{c,u})
@@ -30,7 +30,7 @@ from pydantic import Field
 from torch import nn
 
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
-from xkd.distill.ccl_losses import CompositionHead, symmetric_contrastive, symmetric_kl
+from xkd.distill.ccl.losses import CompositionHead, symmetric_contrastive, symmetric_kl
 from xkd.errors import ConfigError
 from xkd.models.base import FeatureModel, describe
 

@@ -12,7 +12,7 @@ real images drawn among labels whose weight is >= ``SOFT_THRESHOLD``. kappa defa
 Known differences from the CcGAN code (kept while the measured cgan_kd experiments use them): in
 the soft case the fake labels stay within +-kappa, where CcGAN draws them over the whole radius
 with weight >= the threshold (``vicinity_radius``, ~2.6 kappa); a noisy target outside [0, 1]
-falls back to y_j instead of re-drawing eps; and ``xkd.cgan.training`` conditions the G update on
+falls back to y_j instead of re-drawing eps; and ``xkd.gan.training`` conditions the G update on
 labels drawn like these fake labels, where CcGAN uses the noisy targets y_j + eps.
 """
 

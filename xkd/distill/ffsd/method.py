@@ -3,7 +3,7 @@
 fusion module Φ, the student leader (with TransFusion Ψ) and self-distillation modules G are
 trained together from scratch; only the leader is deployed (``Distiller.student``).
 
-Losses (T = 2; every λ warmed up by :func:`~xkd.distill.ffsd_modules.warmup_weight`), notes 2.4:
+Losses (T = 2; every λ warmed up by :func:`~xkd.distill.ffsd.modules.warmup_weight`), notes 2.4:
 
 * common student k:  CE(z_k, y) + T²/(m−1)·Σ_{j≠k} KL(p_j^T ‖ p_k^T)  [peers detached]
   + [k ≥ 2]·λ_div·(L_div + L_sdiv)        -> ``common_ce``, ``common_kd``, ``common_div``
@@ -42,11 +42,11 @@ from pydantic import Field
 from torch import nn
 
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
-from xkd.distill.ffsd_modules import (FusionModule, SelfDistillationModule, TransFusion, attention,
+from xkd.distill.ffsd.modules import (FusionModule, SelfDistillationModule, TransFusion, attention,
                                       attention_distance, diversity_loss, diversity_target,
                                       shifted_feature, warmup_weight)
 from xkd.distill.kd import require_classification
-from xkd.distill.losses import kd_loss
+from xkd.losses import kd_loss
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel, describe
 from xkd.models.cifar_resnet import init_weights
