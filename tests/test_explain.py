@@ -16,6 +16,7 @@ from xkd.errors import ConfigError, UnknownNameError, UserError
 from xkd.explain.guards import HOOK_DICTS
 from xkd.explain.postprocess import to_map
 from xkd.models.base import Features, FeatureModel
+from tests.rounding import assert_within_rounding, occlusion_scale, rounding_atol
 from tests.tiny_models import TwoStage
 
 METHODS = E.list_explainers()
@@ -114,32 +115,31 @@ def test_batch_equals_per_sample(method, model, data):
     ex = E.build(method, model, max_batch=3, **FAST.get(method, {}))  # chunks of 3 + 2
     batch = ex.explain(x, t)
     single = torch.cat([ex.explain(x[i:i + 1], t[i:i + 1]) for i in range(len(x))])
-    assert torch.allclose(batch, single, atol=1e-5, rtol=0)
+    assert_within_rounding(batch, single, _tolerance(method, model, x, t))
 
 
 def _norm_max(m: torch.Tensor) -> torch.Tensor:
     return m / m.flatten(1).amax(1).clamp_min(1e-30).view(-1, 1, 1, 1)
 
 
-def _captum_reference(method: str, m: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The same settings through Captum directly, post-processed here by hand."""
+def _captum_raw(method: str, m: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The same settings through Captum directly, pooled over channels here by hand (not normalised)."""
     m.eval()
     if method == "saliency":
-        return _norm_max(Saliency(m).attribute(x, target=t, abs=True).amax(1, keepdim=True))
+        return Saliency(m).attribute(x, target=t, abs=True).amax(1, keepdim=True)
     if method == "input_x_gradient":
-        return _norm_max(InputXGradient(m).attribute(x, target=t).abs().sum(1, keepdim=True))
+        return InputXGradient(m).attribute(x, target=t).abs().sum(1, keepdim=True)
     if method == "integrated_gradients":
         a = IntegratedGradients(m).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=8)
-        return _norm_max(a.abs().sum(1, keepdim=True))
+        return a.abs().sum(1, keepdim=True)
     if method == "deeplift":
-        return _norm_max(DeepLift(m).attribute(x, baselines=torch.zeros_like(x), target=t)
-                         .detach().abs().sum(1, keepdim=True))
+        return DeepLift(m).attribute(x, baselines=torch.zeros_like(x), target=t).detach().abs().sum(1, keepdim=True)
     if method == "gradcam":
-        cam = LayerGradCam(m, m.stage2).attribute(x, target=t, relu_attributions=True)
-        return _norm_max(LayerAttribution.interpolate(cam, (16, 16), interpolate_mode="bilinear"))
+        cam = LayerGradCam(m, m.stage_layers()[-1]).attribute(x, target=t, relu_attributions=True)
+        return LayerAttribution.interpolate(cam, (16, 16), interpolate_mode="bilinear")
     if method == "occlusion":
         a = Occlusion(m).attribute(x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), target=t)
-        return _norm_max(a.clamp_min(0).mean(1, keepdim=True))
+        return a.clamp_min(0).mean(1, keepdim=True)
     if method == "smoothgrad":
         outs = []
         for i in range(len(x)):
@@ -147,8 +147,35 @@ def _captum_reference(method: str, m: nn.Module, x: torch.Tensor, t: torch.Tenso
             a = NoiseTunnel(Saliency(m)).attribute(x[i:i + 1], nt_type="smoothgrad", nt_samples=4,
                                                    stdevs=0.3, target=t[i:i + 1], abs=True)
             outs.append(a.amax(1, keepdim=True))
-        return _norm_max(torch.cat(outs))
+        return torch.cat(outs)
     raise AssertionError(f"no reference for {method}")
+
+
+def _captum_reference(method: str, m: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``_captum_raw`` max-normalised per sample, as the explainers' default ``normalize='max'``."""
+    return _norm_max(_captum_raw(method, m, x, t))
+
+
+def _tolerance(method: str, m: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample float32 rounding tolerance for ``method``'s max-normalised maps (tests/rounding.py):
+    gradient maps have scale 1 and sum over the forward and backward pass plus the method's own sums
+    (channel pooling; IG's 8 steps; SmoothGrad's 4 samples; Grad-CAM's spatial mean of gradients,
+    channel sum and 2x2 bilinear taps); occlusion is forward only and scaled by the target logit's
+    terms over the map's raw maximum (the difference of two nearly equal logits is normalised)."""
+    modes = [mod.training for mod in m.modules()]
+    try:
+        c = x.shape[1]
+        if method == "occlusion":
+            raw_max = _captum_raw(method, m, x.clone(), t).flatten(1).amax(1)
+            return rounding_atol(m, x, occlusion_scale(m, x, t, raw_max), backward=False, extra_terms=c)
+        extra = {"integrated_gradients": 8 + c, "smoothgrad": 4 + c}.get(method, c)
+        if method == "gradcam":
+            last = m.eval().features(x[:1]).stages[-1]
+            extra = last.shape[-1] * last.shape[-2] + last.shape[1] + 4
+        return rounding_atol(m, x, 1.0, backward=True, extra_terms=extra)
+    finally:
+        for mod, mode in zip(m.modules(), modes):
+            mod.training = mode
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -157,7 +184,7 @@ def test_equals_captum_called_directly(method, model, data):
     x, t = data
     ours = E.build(method, model, **FAST.get(method, {})).explain(x, t)
     ref = _captum_reference(method, model, x.clone(), t)
-    assert torch.allclose(ours, ref.detach(), atol=1e-5, rtol=0)
+    assert_within_rounding(ours, ref, _tolerance(method, model, x, t))
 
 
 @pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "integrated_gradients", "deeplift"])
@@ -170,7 +197,10 @@ def test_linear_model_closed_form(method):
     out = E.build(method, m, **params, **({"n_steps": 4} if method == "integrated_gradients" else {})).explain(x, t)
     w = m.fc.weight.detach()[t].view(2, 3, 8, 8)
     expected = w if method == "saliency" else x * w
-    assert torch.allclose(out, expected.sum(1, keepdim=True).abs(), atol=1e-5)
+    # scale: the largest sum of |x_c w_c| (|w_c| for saliency) that one pixel's value adds up
+    scale = (expected.abs().sum(1).flatten(1).amax(1))
+    atol = rounding_atol(m, x, scale, backward=True, extra_terms=4 + 3)
+    assert_within_rounding(out, expected.sum(1, keepdim=True).abs(), atol)
 
 
 def test_postprocessing_rules_hand_worked():
@@ -225,8 +255,8 @@ def test_build_from_config_and_memory_knob(model, data):
     cfg = ExplainConfig(method="integrated_gradients", params={"n_steps": 8}, max_batch=2)
     ex = E.build_from_config(cfg, model)
     assert ex.max_batch == 2 and ex.params.n_steps == 8
-    assert torch.allclose(ex.explain(x, t), E.build("integrated_gradients", model, n_steps=8,
-                                                    max_batch=64).explain(x, t), atol=1e-5)
+    whole = E.build("integrated_gradients", model, n_steps=8, max_batch=64).explain(x, t)
+    assert_within_rounding(ex.explain(x, t), whole, _tolerance("integrated_gradients", model, x, t))
 
 
 def test_errors_are_clear(model, data):
@@ -296,7 +326,7 @@ def test_deeplift_inplace_relu_restored(model, data):
         for mod in model.modules():
             if isinstance(mod, nn.ReLU):
                 mod.inplace = False
-    assert torch.allclose(out, ref, atol=1e-6)
+    assert_within_rounding(out, ref, _tolerance("deeplift", model, x, t))
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +347,7 @@ def test_resnet8_contract_and_batch_invariance(method, resnet8, data):
     assert torch.isfinite(out).all() and resnet8.training and _hooks(resnet8) == []
     assert all(p.grad is None for p in resnet8.parameters())
     single = torch.cat([ex.explain(x[i:i + 1], t[i:i + 1]) for i in range(3)])
-    assert torch.allclose(out, single, atol=1e-5, rtol=0)
+    assert_within_rounding(out, single, _tolerance(method, resnet8, x, t))
 
 
 def test_resnet8_gradcam_default_is_last_stage(resnet8, data):
@@ -328,7 +358,7 @@ def test_resnet8_gradcam_default_is_last_stage(resnet8, data):
     assert ex.layer is last
     cam = LayerGradCam(resnet8, last).attribute(x, target=t, relu_attributions=True)
     ref = _norm_max(LayerAttribution.interpolate(cam, (16, 16), interpolate_mode="bilinear"))
-    assert torch.allclose(ex.explain(x, t), ref.detach(), atol=1e-5, rtol=0)
+    assert_within_rounding(ex.explain(x, t), ref, _tolerance("gradcam", resnet8, x, t))
 
 
 def test_deeplift_refuses_torchvision_resnet_reusing_relu(data):
@@ -339,3 +369,20 @@ def test_deeplift_refuses_torchvision_resnet_reusing_relu(data):
     with pytest.raises(UserError, match=r"deeplift needs distinct activation modules.*layer1\.0\.relu' \(2x\)"):
         E.build("deeplift", m).explain(*data)
     assert _hooks(m) == []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("method, wrong", [
+    ("integrated_gradients", lambda m, x, t: E.build("integrated_gradients", m, n_steps=7).explain(x, t)),
+    ("smoothgrad", lambda m, x, t: E.build("smoothgrad", m, nt_samples=4, stdevs=0.25).explain(x, t)),
+    ("occlusion", lambda m, x, t: _norm_max(Occlusion(m).attribute(
+        x, sliding_window_shapes=(3, 4, 4), strides=(3, 4, 4), target=t, baselines=0.01).clamp_min(0))),
+    ("occlusion", lambda m, x, t: E.build("occlusion", m, window=4, stride=2).explain(x, t)),
+], ids=["ig_7_steps", "smoothgrad_stdev", "occlusion_baseline_0.01", "occlusion_stride"])
+def test_rounding_tolerance_still_catches_subtle_mistakes(method, wrong, model, data):
+    """The derived tolerance is not loose: a result off by a small setting mistake (one IG step, a
+    baseline of 0.01 where inputs have unit scale) is many tolerances away from Captum's."""
+    x, t = data
+    ref = _captum_reference(method, model, x.clone(), t)
+    with pytest.raises(AssertionError, match="beyond float32 rounding"):
+        assert_within_rounding(wrong(model, x.clone(), t), ref, _tolerance(method, model, x, t))
