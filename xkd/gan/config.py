@@ -68,18 +68,28 @@ class SubsampleConfig(Strict):
     proposal_batch: int = Field(256, ge=1, description="proposals per rejection-sampling round")
 
 
+REFERENCE_QUANTILE = {"classification": 0.9, "regression": 0.7}
+"""rho of the teacher filter per task in cGAN-KD (seed_methods.md 5.4; the paper's Tables 3-7)."""
+
+
 class FilterConfig(Strict):
     """Teacher filtering (per-class CE quantile / absolute-error quantile) and relabelling."""
 
     enabled: bool = Field(True, description="false = keep every subsampled fake (ablation)")
-    quantile: float = Field(0.9, description="keep fakes whose teacher loss is <= this quantile "
-                            "(in (0, 1]; reference: 0.9 classification, 0.7 regression)")
+    quantile: float | None = Field(None, description="keep fakes whose teacher loss is <= this "
+                                   "quantile, in (0, 1]; null = the reference's rho for the task: "
+                                   "0.9 classification, 0.7 regression")
     relabel: bool = Field(True, description="regression: replace kept labels by the teacher's "
                           "prediction")
 
     @field_validator("quantile")
     @classmethod
-    def _quantile(cls, v: float) -> float:
-        if not 0 < v <= 1:
+    def _quantile(cls, v: float | None) -> float | None:
+        if v is not None and not 0 < v <= 1:
             raise ValueError("quantile must be in (0, 1] (1 keeps every fake)")
         return v
+
+    def resolved(self, task: str) -> "FilterConfig":
+        """A copy with ``quantile`` set: as given, or the reference's rho for ``task``."""
+        q = self.quantile if self.quantile is not None else REFERENCE_QUANTILE[task]
+        return self.model_copy(update={"quantile": q})

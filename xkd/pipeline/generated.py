@@ -131,6 +131,7 @@ def fake_training_set(ctx: "RunContext", i: int, p: Any, teacher: FeatureModel |
     where = f"students[{i}].params"
     if ctx.smoke:  # --smoke: a few fakes, like the few real samples
         p = p.model_copy(update={"fake_size": min(p.fake_size, SMOKE_FAKES)})
+    p = p.model_copy(update={"filter": p.filter.resolved(bundle.task)})  # null quantile: the task's rho
     if p.fake_size == 0 and p.fake_data is None:  # control: real data only, same fine-tuning
         return training_split(bundle.train, bundle), {"fake_used": 0}
     if p.fake_data is not None:
