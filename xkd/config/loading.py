@@ -90,8 +90,36 @@ def apply_override(raw: dict[str, Any], parts: list[str | int], value: Any) -> N
     node[last] = value
 
 
-def load_raw(path: str | Path) -> dict[str, Any]:
-    """Read an experiment YAML with ``safe_load``; errors name the file."""
+def merge_base(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` laid on ``base``: mappings merge key by key (recursively); any other value in
+    ``over`` (a list such as ``students``, a scalar) replaces the base's whole."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_base(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _with_base(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """Resolve ``base: FILE`` (a path relative to the including file): the file's sections are laid
+    on the base's (:func:`merge_base`); a base may have its own ``base``."""
+    ref = raw.pop("base")
+    if not isinstance(ref, str) or not ref.strip():
+        raise ConfigError("base", f"must be the path of an experiment file, relative to {path.parent} (got {ref!r})")
+    target = (path.parent / ref).resolve()
+    if target in seen:
+        raise ConfigError("base", f"'{ref}' in {path} includes itself (chain: "
+                                  f"{' -> '.join(str(p) for p in (*seen, target))})")
+    if not target.is_file():
+        raise ConfigError("base", f"file not found: {target} (named in {path})")
+    return merge_base(load_raw(target, seen), raw)
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read an experiment YAML with ``safe_load``; errors name the file. A top-level ``base: FILE``
+    is resolved first: the file's sections are laid on those of FILE (see :func:`merge_base`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"experiment file not found: {path}")
@@ -106,6 +134,8 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"{path}: the top level must be a mapping of sections (data, teacher, ...)")
     raw.pop("format_version", None)
+    if "base" in raw:
+        raw = _with_base(raw, path, (*_seen, path.resolve()))
     return raw
 
 
