@@ -5,11 +5,16 @@ The test waits until the sample explorer has rendered (Streamlit draws client-si
 the run's student names and loaded images are in the page and that no exception is shown, and saves
 a screenshot (``XKD_UPDATE_SCREENSHOT=1`` also writes it to docs/viewer_sample_explorer.png, the
 picture in the README). Every wait is bounded and both processes are stopped in ``finally``.
+
+Without Chromium (or the ``websockets`` package that drives it) the test skips with a one-line
+reason, so the README's test command passes on a machine with nothing but Python; with
+``XKD_REQUIRE_BROWSER=1`` (set by ``.ci/run``) it fails instead, so CI cannot skip it silently.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import os
@@ -21,11 +26,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pytest
 from PIL import Image
-from websockets.sync.client import connect
 
 from tests.test_viewer import ROOT, STUDENTS, VIEWER, build_runs_root
 
@@ -131,16 +136,31 @@ def explore(cdp: CDP, url: str, server: subprocess.Popen, log: Path) -> bytes:
     return base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"])
 
 
-def chromium() -> str:
-    exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                if shutil.which(n)), None)
-    assert exe, "headless Chromium is needed: apt-get install chromium (.ci/run installs it)"
-    return exe
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+REQUIRE = "XKD_REQUIRE_BROWSER"
+
+
+def browser_or_skip(path: str | None = None, env: Mapping[str, str] | None = None) -> str:
+    """The Chromium executable on ``path`` (default ``$PATH``). When it or the ``websockets`` package
+    is missing: skip with a one-line reason, or fail when ``env`` (default ``os.environ``) has
+    ``XKD_REQUIRE_BROWSER=1``."""
+    env = os.environ if env is None else env
+    exe = next((found for n in BROWSERS if (found := shutil.which(n, path=path))), None)
+    missing = ([] if exe else ["headless Chromium (apt-get install chromium)"]) + (
+        [] if importlib.util.find_spec("websockets") else ["the websockets package"])
+    if not missing:
+        return exe
+    why = f"{' and '.join(missing)} not found; .ci/run installs it"
+    if env.get(REQUIRE) == "1":
+        pytest.fail(f"{REQUIRE}=1 but {why}", pytrace=False)
+    pytest.skip(why)
 
 
 def run_browser(root: Path, tmp_path: Path, server_out, browser_out) -> bytes:
     """Start the server and the browser, render the explorer, return its screenshot; stop both."""
-    exe = chromium()
+    from websockets.sync.client import connect
+
+    exe = browser_or_skip()
     port, dport = free_port(), free_port()
     log, clog = Path(server_out.name), Path(browser_out.name)
     server = browser = None
@@ -172,7 +192,29 @@ def run_browser(root: Path, tmp_path: Path, server_out, browser_out) -> bytes:
         stop(server)
 
 
+def test_browser_or_skip_decides_without_launching(tmp_path: Path):
+    """Absent browser: skip, or fail under XKD_REQUIRE_BROWSER=1; present: its path (never run)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for env in ({}, {REQUIRE: "0"}, {REQUIRE: ""}):
+        with pytest.raises(pytest.skip.Exception, match=r"^headless Chromium .* not found; \.ci/run installs it$"):
+            browser_or_skip(path=str(empty), env=env)
+    with pytest.raises(pytest.fail.Exception, match=r"^XKD_REQUIRE_BROWSER=1 but headless Chromium"):
+        browser_or_skip(path=str(empty), env={REQUIRE: "1"})
+    fake = tmp_path / "bin" / "chromium"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    if importlib.util.find_spec("websockets"):
+        for env in ({}, {REQUIRE: "1"}):
+            assert browser_or_skip(path=str(fake.parent), env=env) == str(fake)
+    fake.chmod(0o644)  # not executable: not a browser
+    with pytest.raises(pytest.skip.Exception):
+        browser_or_skip(path=str(fake.parent), env={})
+
+
 def test_sample_explorer_renders_in_chromium(tmp_path_factory, tmp_path: Path):
+    browser_or_skip()
     root = build_runs_root(tmp_path_factory)
     logs = tmp_path / "streamlit.log", tmp_path / "chromium.log"
     with logs[0].open("wb") as server_out, logs[1].open("wb") as browser_out:
