@@ -216,37 +216,94 @@ def test_bad_run_folder_exits_2_naming_the_file_and_keeps_the_old_report(copy_ru
     assert not list(copy_run.glob(".report-build-*"))
 
 
-def test_a_failing_row_is_listed_as_skipped_not_fatal(copy_run: Path, monkeypatch) -> None:
+def _raising_metrics(monkeypatch, metric: str, error: Exception, model_index: int = 0) -> list:
+    """Make ``metric`` raise ``error`` on its ``model_index``-th row (0 = the first one computed)."""
     import xkd.report.compute as C
     from xkd.metrics import METRICS
 
-    calls = []
+    calls: list = []
 
     class Proxy:
         def __getattr__(self, name):
             return getattr(METRICS, name)
 
         def build(self, name, **kw):
-            metric = METRICS.build(name, **kw)
-            if name != "cosine":
-                return metric
+            real = METRICS.build(name, **kw)
+            if name != metric:
+                return real
 
-            class Failing:  # the first row (student ce, explainer gradcam) fails
+            class Raising:
                 def compute(self, **inputs):
                     calls.append(1)
-                    if len(calls) == 1:
-                        raise UserError("boom")
-                    return metric.compute(**inputs)
-            return Failing()
+                    if len(calls) == model_index + 1:
+                        raise error
+                    return real.compute(**inputs)
+            return Raising()
 
     monkeypatch.setattr(C, "METRICS", Proxy())
+    return calls
+
+
+@pytest.mark.parametrize("error", [RuntimeError("shape '[2, 3]' is invalid for input of size 5"),
+                                   UserError("attribution shape (4, 1, 8, 8) does not match input")])
+def test_a_metric_that_raises_fails_the_report_naming_metric_and_model(copy_run: Path, monkeypatch,
+                                                                         capsys, error) -> None:
+    kept = {p: p.read_bytes() for d in ("report", "metrics") for p in (copy_run / d).rglob("*") if p.is_file()}
+    _raising_metrics(monkeypatch, "cosine", error)  # first row: student ce, explainer gradcam
+    rc = report_main([str(copy_run), "--metrics", "deletion,cosine", "--no-figures", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert "metric 'cosine' failed on model 'ce' (explainer gradcam)" in err
+    assert str(error) in err and type(error).__name__ in err
+    now = {p: p.read_bytes() for d in ("report", "metrics") for p in (copy_run / d).rglob("*") if p.is_file()}
+    assert now == kept  # no half report rendered as if complete
+    assert not list(copy_run.glob(".report-build-*"))
+
+
+def test_named_inapplicability_is_listed_with_its_reason(copy_run: Path, monkeypatch) -> None:
+    from xkd.errors import NotApplicable
+
+    _raising_metrics(monkeypatch, "cosine", NotApplicable("needs two maps of one size"))
     build_report(copy_run, metrics=["cosine"], log=lambda *_: None, figures=False)
     agg = _agg(copy_run)
-    failed = [s for s in agg["skipped"] if s["metric"] == "cosine"]
-    assert len(failed) == 1 and failed[0]["model"] == "ce" and "(gradcam): boom" in failed[0]["reason"]
+    skipped = [s for s in agg["skipped"] if s["metric"] == "cosine"]
+    assert len(skipped) == 1 and skipped[0]["model"] == "ce"
+    assert skipped[0]["reason"] == "not applicable (gradcam): needs two maps of one size"
     rows = {(r["model"], r["explainer"]) for r in agg["results"]}
     assert ("ce", "gradcam") not in rows and ("ce", "saliency") in rows and ("reviewkd", "gradcam") in rows
-    assert "boom" in (copy_run / "report" / "report.md").read_text().split("## Skipped")[1]
+    md = (copy_run / "report" / "report.md").read_text().split("## Skipped (not applicable)")[1]
+    assert "needs two maps of one size" in md
+
+
+def test_randomisation_on_a_model_without_parameter_layers_is_not_applicable() -> None:
+    from xkd.errors import NotApplicable
+    from xkd.metrics import METRICS
+
+    m = METRICS.build("model_randomisation")
+    with pytest.raises(NotApplicable, match="no layer with parameters"):
+        m.compute(model=torch.nn.Flatten(), x=torch.zeros(2, 1, 4, 4), target=torch.zeros(2, dtype=torch.long),
+                  explainer_factory=lambda model: (lambda x, t: torch.ones(x.shape[0], 1, 4, 4)))
+
+
+def test_a_run_whose_report_crashes_is_marked_failed_naming_metric_and_model(tmp_path: Path, monkeypatch,
+                                                                              capsys) -> None:
+    exp = experiment()
+    exp["students"] = exp["students"][:1]
+    exp["evaluate"]["explainers"] = ["saliency"]
+    exp["evaluate"]["metrics"] = ["deletion", "cosine"]
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    _raising_metrics(monkeypatch, "deletion", RuntimeError("CUDA out of memory (simulated)"), model_index=1)
+    out = tmp_path / "run"
+    assert run_main([str(path), "--smoke", "--out", str(out)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "metric 'deletion' failed on model 'ce' (explainer saliency)" in err[0]
+    status = io.read_json(out / "status.json")
+    assert status["state"] == "failed"
+    assert "metric 'deletion' failed on model 'ce'" in status["error"] and "simulated" in status["error"]
+    assert not (out / "summary.json").exists() and not (out / "report").exists()
+    assert (out / "students" / "ce" / "best.pt").is_file()  # the trained models are kept
 
 
 def test_regression_run_lists_every_metric_as_skipped(tmp_path: Path) -> None:

@@ -33,5 +33,11 @@ class UnknownNameError(UserError):
         super().__init__(f"{where}unknown {kind} '{name}'; allowed: {', '.join(allowed)}")
 
 
+class NotApplicable(UserError):
+    """A metric or explainer that does not apply to this input, for a named reason (e.g. a model
+    without parameter layers for the randomisation check). The report lists it as not applicable
+    with the reason; any other exception while computing a metric fails the report."""
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN or inf; the last good checkpoint is kept."""

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from xkd.errors import UserError
+from xkd.errors import NotApplicable
 from xkd.metrics._ops import average_ranks, check_map, eval_mode, pearson_rows, resolve_target
 from xkd.metrics.alignment import ssim_maps
 from xkd.metrics.base import MetricResult, RandomParams, register_metric
@@ -76,7 +76,7 @@ def model_randomisation(
     twin = copy.deepcopy(model)
     layers = parameter_layers(twin)[::-1][:max_layers]
     if not layers:
-        raise UserError("model_randomisation: the model has no layer with parameters")
+        raise NotApplicable("model_randomisation: the model has no layer with parameters")
     with eval_mode(twin):
         orig = _explain(explainer_factory(twin), x, target, max_batch)
         r_orig = average_ranks((orig.abs() if absolute else orig).flatten(1))

@@ -154,7 +154,7 @@ def compose(data: RunData, comp: Computed, agg: dict[str, Any], subset: int | No
     t0 = time.perf_counter()
     _figures(doc, data, comp, figures)
     fig_seconds = time.perf_counter() - t0
-    doc.h("Skipped")
+    doc.h("Skipped (not applicable)")
     doc.items([f"`{s['metric']}`" + (f" ({s['model']})" if s.get("model") else "") + f": {s['reason']}"
                for s in agg["skipped"]] or ["nothing: every selected metric applied"])
     doc.h("Cost")

@@ -14,8 +14,10 @@ Rows (reference/xai_metrics.md §7.2):
   control map with the teacher's map per explainer (the floor).
 
 Which row a metric gets follows from its declared ``needs``, so metrics added to the registry later
-are picked up. Metrics that cannot apply are listed in ``skipped`` with the reason; every metric is
-timed (seconds, summed over its rows).
+are picked up. Metrics that cannot apply (named inapplicability: no masks, no teacher, a regression
+task, :class:`~xkd.errors.NotApplicable`) are listed in ``skipped`` with the reason; any other
+exception while computing a row raises :class:`MetricFailed` (no report is written). Every metric
+is timed (seconds, summed over its rows).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from xkd.config import ExplainConfig
-from xkd.errors import UserError
+from xkd.errors import NotApplicable, UserError
 from xkd.metrics import METRICS, MetricResult, control_maps
 from xkd.report.loading import CONTROL_PREFIX, RunData
 
@@ -69,6 +71,23 @@ PERTURBATION_SAMPLES = 16
 perturbed inputs (faithfulness, robustness, sanity); map-only metrics use every sample."""
 SANITY_SAMPLES = 8
 """Samples of the cascading-randomisation test (one explanation per sample and layer)."""
+
+
+class MetricFailed(UserError):
+    """A metric raised while computing one row: the report is not written (the previous one and
+    the trained models are kept); one line names the metric, the model and the explainer."""
+
+    exit_code = 1
+
+    def __init__(self, metric: str, model: str, explainer: str | None, error: BaseException) -> None:
+        self.metric, self.model, self.explainer = metric, model, explainer
+        msg = " ".join(str(error).split())[:300]
+        hint = ("; out of memory: try --device cpu or fewer --perturbation-samples"
+                if isinstance(error, torch.OutOfMemoryError) else "")
+        super().__init__(f"report: metric '{metric}' failed on model '{model}'"
+                         + (f" (explainer {explainer})" if explainer else "")
+                         + f": {type(error).__name__}: {msg}{hint}; the trained models are kept: "
+                         f"rerun python -m xkd.report RUN (or leave the metric out with --metrics)")
 
 
 @dataclass
@@ -184,11 +203,13 @@ class _Runner:
         t0 = time.perf_counter()
         try:
             res = m.compute(**inputs)
-        except (UserError, RuntimeError) as e:  # one failing row must not sink the report
+        except NotApplicable as e:  # named inapplicability: listed with its reason
             msg = " ".join(str(e).split())[:200]
-            self.skip(metric, f"failed{f' ({expl})' if expl else ''}: {msg}", model=row)
-            self.log(f"[xkd.report] {metric} {row} {expl or ''}: failed: {msg}")
+            self.skip(metric, f"not applicable{f' ({expl})' if expl else ''}: {msg}", model=row)
+            self.log(f"[xkd.report] {metric} {row} {expl or ''}: not applicable: {msg}")
             return
+        except Exception as e:  # a crash (bug, out of memory) fails the report, loudly
+            raise MetricFailed(metric, row, expl, e) from e
         sec = time.perf_counter() - t0
         self.out.rows.append(Row(metric, row, expl, role, res, sec))
         self.out.seconds[metric] = self.out.seconds.get(metric, 0.0) + sec
