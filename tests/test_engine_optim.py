@@ -15,6 +15,8 @@ from xkd.io import torch_load, torch_save
 
 
 class Two(nn.Module):
+    """The optimiser-facing part of the Distiller contract, on two linear layers."""
+
     def __init__(self, declare: bool = False) -> None:
         super().__init__()
         self.a = nn.Linear(2, 2)
@@ -27,6 +29,9 @@ class Two(nn.Module):
 
     def param_groups(self) -> list[dict]:
         return [{"params": list(self.b.parameters()), "lr_scale": 0.5, "weight_decay": 0.0}] if self.declare else []
+
+    def optimizer_groups(self) -> dict[str, dict]:
+        return {}
 
 
 def _lrs(sched_cfg: ScheduleConfig, epochs: int, spe: int, lr: float = 0.1) -> list[float]:

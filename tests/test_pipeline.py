@@ -132,7 +132,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, monkeypatch):
     full = tmp_path / "full"
     assert main([str(path), "--out", str(full)]) == 0
 
-    import xkd.pipeline.flow as E
+    import xkd.pipeline.context as E
 
     real_fit = E.fit
 

@@ -61,6 +61,10 @@ def build_distiller(method: str, student: FeatureModel, teacher: FeatureModel | 
     """
     where = str(context.extras.get("path", "")) or method
     entry = METHODS.entry(method, path=f"{where}.method")
+    for role, model in (("student", student), ("teacher", teacher)):
+        if model is not None and not isinstance(model, FeatureModel):
+            raise UserError(f"{where}: the {role} ({type(model).__name__}) exposes no stage features; "
+                            f"wrap it first: xkd.wrap(model, in_channels=..., image_size=...)")
     if params is None:
         params = {}
     if isinstance(params, dict):

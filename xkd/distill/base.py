@@ -8,12 +8,14 @@ eval mode; ``extra_modules()`` are trained with the student (e.g. ReviewKD's ABF
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from xkd.engine.optim import OptimizerSet, build_optimizers
+from xkd.errors import UserError
 from xkd.models.base import FeatureModel
 from xkd.registry import Registry
 
@@ -58,27 +60,52 @@ class StepOutput:
 class Distiller(nn.Module):
     """Base distiller: holds the student and a frozen teacher (which may be ``None``).
 
-    Subclasses implement :meth:`forward`; they may override :meth:`extra_modules`,
-    :attr:`needs_saliency` and :meth:`attention_maps` (for the per-stage export).
+    Subclasses implement :meth:`forward`. What a method asks of the engine and the pipeline is
+    declared here, with defaults, and overridden where a method needs it (no attribute lookups
+    by name anywhere):
+
+    - :attr:`needs_teacher`, :attr:`uses_fake_data` (cGAN-KD), :attr:`uses_per_sample_state`
+      (state indexed by dataset position, e.g. memory banks): what the method is;
+    - :attr:`needs_saliency` and :meth:`saliency_spec`: the teacher maps the pipeline provides;
+    - :meth:`extra_modules`, :meth:`param_groups`, :meth:`optimizer_groups`: what is optimised and
+      with which settings; :meth:`configure_optimizers` builds them (the engine uses it too);
+    - :attr:`ddp_find_unused_parameters`: DDP's flag for methods with conditional branches;
+    - :meth:`attention_maps`: per-stage attention for the viewer.
     """
 
-    needs_teacher: bool = True
+    needs_teacher: ClassVar[bool] = True
+    uses_fake_data: ClassVar[bool] = False
+    uses_per_sample_state: bool = False
+    """True when the method keeps per-sample state indexed by dataset position (memory banks,
+    target caches); such state must be kept consistent across DDP ranks by the method."""
     needs_saliency: bool = False
+    ddp_find_unused_parameters: bool = False
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: MethodParams,
                  context: DistillContext) -> None:
         super().__init__()
+        for role, model in (("student", student), ("teacher", teacher)):
+            if model is not None and not isinstance(model, FeatureModel):
+                raise UserError(f"{type(self).__name__}: the {role} ({type(model).__name__}) exposes no "
+                                f"stage features; wrap it first: xkd.wrap(model)")
         self.student = student
         self.params = params
         self.student_key: str = str(context.extras.get("student_key", "image"))
         self.teacher_key: str = str(context.extras.get("teacher_key", "image"))
         # The teacher is kept out of the module tree so it is never optimised, saved with the
-        # student or wrapped in DDP.
+        # student or wrapped in DDP; :meth:`_apply` moves it with the distiller.
         object.__setattr__(self, "teacher", teacher)
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
                 p.requires_grad_(False)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "Distiller":
+        """``to()``, ``cuda()``, ``half()``... apply to the teacher too (it is not a submodule)."""
+        super()._apply(fn, recurse)
+        if self.teacher is not None:
+            self.teacher._apply(fn, recurse)
+        return self
 
     def teacher_input_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Per-sample presence (B,) of the teacher's input, ``batch['<teacher_key>_mask']`` (e.g.
@@ -91,8 +118,9 @@ class Distiller(nn.Module):
             self.teacher.eval()
         return self
 
-    def forward(self, batch: dict[str, torch.Tensor], epoch: int) -> StepOutput:  # pragma: no cover
-        raise NotImplementedError
+    def forward(self, batch: dict[str, torch.Tensor], epoch: int) -> StepOutput:
+        """One training step on a batch dict (``image``, ``label``, ``index``, ...)."""
+        raise TypeError(f"{type(self).__name__} does not define forward(batch, epoch)")
 
     def extra_modules(self) -> list[nn.Module]:
         """Modules trained with the student (adapters, fusion blocks...)."""
@@ -102,6 +130,30 @@ class Distiller(nn.Module):
         """Student plus extra modules, the unit the engine optimises and checkpoints."""
         return nn.ModuleDict({"student": self.student,
                               "extra": nn.ModuleList(self.extra_modules())})
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Parameter groups with their own settings inside the main optimiser: dicts with
+        ``params`` plus ``lr``/``lr_scale``/``weight_decay``...; the rest goes in one default group."""
+        return []
+
+    def optimizer_groups(self) -> dict[str, dict[str, Any]]:
+        """Separate optimisers: ``name -> {"params": [...], **OptimizerConfig overrides}``."""
+        return {}
+
+    def saliency_spec(self) -> dict[str, Any] | None:
+        """Explainer settings of the teacher maps this method reads (None: it reads none)."""
+        return None
+
+    def configure_optimizers(self, optimizer: Any = None, schedule: Any = None, epochs: int = 1,
+                             steps_per_epoch: int = 1, **settings: Any) -> OptimizerSet:
+        """The method's optimisers: the main one over :meth:`trainable_modules` with the declared
+        :meth:`param_groups`, plus one per :meth:`optimizer_groups` entry, each with its schedule.
+
+        ``optimizer``/``schedule`` are :class:`~xkd.config.OptimizerConfig` /
+        :class:`~xkd.config.ScheduleConfig` (or dicts of their fields); ``settings`` are optimiser
+        fields given directly (``lr=0.05, name="sgd"``). Step every optimiser of the returned set
+        after one backward pass (``opts.zero_grad(); loss.backward(); opts.step()``)."""
+        return build_optimizers(self, optimizer, schedule, epochs, steps_per_epoch, **settings)
 
     @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

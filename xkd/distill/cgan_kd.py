@@ -69,9 +69,10 @@ class CGANKDDistiller(Distiller):
         if base.needs_saliency and getattr(context.extras.get("explain"), "cache", False):
             raise UserError(f"{where}.params.base: '{params.base}' with teacher saliency needs "
                             "explain.cache: false under cgan_kd (fake samples have no cached map)")
-        if getattr(base, "uses_memory_bank", False) or params.base == "hkd":
-            raise ConfigError(f"{where}.params.base", f"'{params.base}' keeps per-sample memory "
-                              "banks indexed by the real set; use ce, kd, reviewkd or e2kd")
+        if base.uses_per_sample_state:
+            raise ConfigError(f"{where}.params.base", f"'{params.base}' keeps per-sample state "
+                              "(memory banks, target caches) indexed by the real training set, which "
+                              "fake samples do not have; use ce, kd, reviewkd or e2kd")
         self.base = base
         self.task = context.task
 
@@ -94,11 +95,15 @@ class CGANKDDistiller(Distiller):
     def trainable_modules(self) -> nn.ModuleDict:
         return self.base.trainable_modules()
 
-    def __getattr__(self, name: str) -> Any:
-        # optional engine hooks (param_groups, optimizer_groups, ...) come from the base method
-        if name in ("param_groups", "optimizer_groups", "ddp_find_unused_parameters"):
-            return getattr(self._modules["base"], name)
-        return super().__getattr__(name)
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.base.param_groups()
+
+    def optimizer_groups(self) -> dict[str, dict[str, Any]]:
+        return self.base.optimizer_groups()
+
+    @property
+    def ddp_find_unused_parameters(self) -> bool:  # type: ignore[override]
+        return bool(self.base.ddp_find_unused_parameters)
 
     @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

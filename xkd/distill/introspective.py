@@ -122,6 +122,7 @@ class IntrospectiveDistiller(Distiller):
                 raise UserError(f"{self.where}.params.refresh_every: > 1 keeps soft targets per "
                                 "training sample and needs the training-set size; use 1")
             self.cache = TargetCache(context.dataset_size, context.num_classes)
+            self.uses_per_sample_state = True
 
     def extra_modules(self) -> list[nn.Module]:
         return [self.cache] if self.cache is not None else []

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -32,8 +32,11 @@ from pydantic import ValidationError
 from xkd.config import OptimizerConfig, ScheduleConfig
 from xkd.errors import ConfigError, UserError
 
+if TYPE_CHECKING:
+    from xkd.distill.base import Distiller
 
-def param_groups(distiller: nn.Module, lr: float) -> list[dict[str, Any]]:
+
+def param_groups(distiller: "Distiller", lr: float) -> list[dict[str, Any]]:
     """Parameter groups: those a distiller declares via ``param_groups()``, then every remaining
     trainable parameter of ``trainable_modules()`` in one default group.
 
@@ -45,8 +48,7 @@ def param_groups(distiller: nn.Module, lr: float) -> list[dict[str, Any]]:
     seen: set[int] = {id(p) for _name, params, _over in separate_optimizer_specs(distiller)
                       for p in params}
     groups: list[dict[str, Any]] = []
-    declared = getattr(distiller, "param_groups", None)
-    for g in (declared() if callable(declared) else []):
+    for g in distiller.param_groups():
         g = dict(g)
         params = [p for p in g.pop("params") if p.requires_grad and id(p) not in seen]
         seen.update(id(p) for p in params)
@@ -55,8 +57,7 @@ def param_groups(distiller: nn.Module, lr: float) -> list[dict[str, Any]]:
             g["lr"] = lr * float(scale)
         if params:
             groups.append({"params": params, **g})
-    modules = distiller.trainable_modules() if hasattr(distiller, "trainable_modules") else distiller
-    rest = [p for p in modules.parameters() if p.requires_grad and id(p) not in seen]
+    rest = [p for p in distiller.trainable_modules().parameters() if p.requires_grad and id(p) not in seen]
     if rest:
         groups.insert(0, {"params": rest})
     if not groups:
@@ -64,7 +65,7 @@ def param_groups(distiller: nn.Module, lr: float) -> list[dict[str, Any]]:
     return groups
 
 
-def build_optimizer(distiller: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(distiller: "Distiller", cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov, weight decay), Adam or AdamW over :func:`param_groups`.
 
     Weight decay applies to every parameter (BatchNorm and biases included), as in the KD
@@ -143,17 +144,16 @@ class ExtraOptimizer:
     scheduler: LambdaLR
 
 
-def separate_optimizer_specs(distiller: nn.Module) -> list[tuple[str, list[nn.Parameter], dict[str, Any]]]:
+def separate_optimizer_specs(distiller: "Distiller") -> list[tuple[str, list[nn.Parameter], dict[str, Any]]]:
     """``(name, params, overrides)`` for each optimiser a distiller declares in
     ``optimizer_groups()``: a dict ``name -> {"params": [...], **overrides}`` where the overrides
     are :class:`~xkd.config.OptimizerConfig` fields (``name``, ``lr``, ``momentum``,
     ``nesterov``, ``weight_decay``) or ``lr_scale`` (times the configured ``lr``). Unset fields
     inherit the ``train.optimizer`` section. Parameters with ``requires_grad=False`` are skipped.
     """
-    declared = getattr(distiller, "optimizer_groups", None)
     out: list[tuple[str, list[nn.Parameter], dict[str, Any]]] = []
     seen: set[int] = set()
-    for name, spec in (declared() if callable(declared) else {}).items():
+    for name, spec in distiller.optimizer_groups().items():
         spec = dict(spec)
         params = [p for p in spec.pop("params") if p.requires_grad and id(p) not in seen]
         seen.update(id(p) for p in params)
@@ -165,7 +165,7 @@ def separate_optimizer_specs(distiller: nn.Module) -> list[tuple[str, list[nn.Pa
     return out
 
 
-def build_extra_optimizers(distiller: nn.Module, cfg: OptimizerConfig, sched: ScheduleConfig,
+def build_extra_optimizers(distiller: "Distiller", cfg: OptimizerConfig, sched: ScheduleConfig,
                            epochs: int, steps_per_epoch: int) -> list[ExtraOptimizer]:
     """The separate optimisers a distiller declares, each with the ``train.schedule`` factor
     applied to its own base rate (``min_lr`` scaled by its lr / ``train.optimizer.lr``).
@@ -191,3 +191,49 @@ def build_extra_optimizers(distiller: nn.Module, cfg: OptimizerConfig, sched: Sc
         s_cfg = sched.model_copy(update={"min_lr": sched.min_lr * ocfg.lr / cfg.lr})
         out.append(ExtraOptimizer(name, opt, build_scheduler(opt, s_cfg, ocfg.lr, epochs, steps_per_epoch)))
     return out
+
+
+@dataclass
+class OptimizerSet:
+    """Every optimiser of a distiller: the main one with its schedule, then the separately
+    declared ones (:func:`build_extra_optimizers`). One backward pass, then :meth:`step`."""
+
+    main: torch.optim.Optimizer
+    scheduler: LambdaLR
+    extras: list[ExtraOptimizer]
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The main optimiser first, then the extras in declaration order."""
+        return [self.main] + [e.optimizer for e in self.extras]
+
+    def zero_grad(self) -> None:
+        for o in self.optimizers():
+            o.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """Step every optimiser, then every schedule (per-step schedules)."""
+        for o in self.optimizers():
+            o.step()
+        self.scheduler.step()
+        for e in self.extras:
+            e.scheduler.step()
+
+
+def build_optimizers(distiller: "Distiller", optimizer: OptimizerConfig | dict[str, Any] | None = None,
+                     schedule: ScheduleConfig | dict[str, Any] | None = None, epochs: int = 1,
+                     steps_per_epoch: int = 1, **settings: Any) -> OptimizerSet:
+    """The :class:`OptimizerSet` of a distiller (``Distiller.configure_optimizers``; the engine's
+    path too). ``settings`` are :class:`OptimizerConfig` fields that override ``optimizer``."""
+    def as_model(value: Any, kind: type, extra: dict[str, Any]) -> Any:
+        base = value.model_dump() if hasattr(value, "model_dump") else dict(value or {})
+        try:
+            return kind.model_validate({**base, **extra})
+        except ValidationError as e:
+            err = e.errors(include_url=False)[0]
+            raise UserError(f"configure_optimizers: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    ocfg = as_model(optimizer, OptimizerConfig, settings)
+    scfg = as_model(schedule, ScheduleConfig, {})
+    main = build_optimizer(distiller, ocfg)
+    sched = build_scheduler(main, scfg, ocfg.lr, epochs, steps_per_epoch)
+    extras = build_extra_optimizers(distiller, ocfg, scfg, epochs, steps_per_epoch)
+    return OptimizerSet(main, sched, extras)

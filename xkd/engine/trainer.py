@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -31,9 +31,11 @@ from xkd.engine import distributed as D
 from xkd.engine.env import derive_seed, seed_everything, set_determinism
 from xkd.engine.evaluate import evaluate_predictions, predict
 from xkd.engine.loop import epoch_batches, reduce_stats, train_epoch
-from xkd.engine.optim import build_extra_optimizers, build_optimizer, build_scheduler
 from xkd.errors import ConfigError, TrainingDiverged, UserError
 from xkd.io import append_jsonl, read_jsonl, write_text
+
+if TYPE_CHECKING:
+    from xkd.distill.base import Distiller
 
 
 @dataclass
@@ -68,13 +70,13 @@ def _diverged(desc: str, epoch: int, step: int, what: str, out_dir: Path, good_e
                             "lower train.optimizer.lr, add train.schedule.warmup_epochs or set train.grad_clip")
 
 
-def _validate(distiller: nn.Module, val_set: Dataset | None, device: torch.device, batch_size: int,
+def _validate(distiller: "Distiller", val_set: Dataset | None, device: torch.device, batch_size: int,
               task: str, num_workers: int) -> dict[str, float]:
     """Validation on rank 0 only (its metrics are broadcast to the other ranks)."""
     val: dict[str, float] = {}
     if val_set is not None and D.is_main_process():
         logits, labels = predict(distiller.student, val_set, device, batch_size, num_workers,
-                                 input_key=getattr(distiller, "student_key", "image"))
+                                 input_key=distiller.student_key)
         m = evaluate_predictions(logits, labels, task)
         val = {f"val_{k}": float(v) for k, v in m.items() if k != "n"}
     return D.broadcast_object(val)
@@ -91,7 +93,7 @@ def _history_until(path: Path, epoch: int) -> list[dict[str, Any]]:
     return kept
 
 
-def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
+def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
         out_dir: str | Path, *, device: torch.device, seed: int, deterministic: bool = False,
         resume: bool = False, task: str = "classification", num_workers: int = 0, desc: str = "",
         log: Callable[[str], Any] | None = print, stop_after_epoch: int | None = None,
@@ -130,14 +132,11 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
             return FitResult(ckpt["best_metric"], ckpt["best_epoch"], ckpt["epoch"], ckpt["last_val"],
                              ckpt["seconds"], read_jsonl(hist_path), metric_name, True)
 
-    distiller.to(device)
-    if getattr(distiller, "teacher", None) is not None:
-        distiller.teacher.to(device)
+    distiller.to(device)  # the teacher moves with it (Distiller._apply)
     n_batches = len(epoch_batches(len(train_set), cfg.batch_size, seed, 1, train_set))
     n_steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
-    opt = build_optimizer(distiller, cfg.optimizer)
-    sched = build_scheduler(opt, cfg.schedule, cfg.optimizer.lr, cfg.epochs, n_steps)
-    extra = build_extra_optimizers(distiller, cfg.optimizer, cfg.schedule, cfg.epochs, n_steps)
+    opts = distiller.configure_optimizers(cfg.optimizer, cfg.schedule, cfg.epochs, n_steps)
+    opt, sched, extra = opts.main, opts.scheduler, opts.extras
     use_amp = bool(cfg.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -186,7 +185,7 @@ def fit(distiller: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: 
             raise UserError(f"{type(distiller).__name__}.extra_modules() returns modules that are not "
                             "attributes of the distiller; DDP cannot synchronise them")
         model = DDP(distiller, device_ids=[device.index] if device.type == "cuda" else None,
-                    find_unused_parameters=getattr(distiller, "ddp_find_unused_parameters", False))
+                    find_unused_parameters=distiller.ddp_find_unused_parameters)
 
     rank = D.current().rank
     epoch = start

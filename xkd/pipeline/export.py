@@ -121,7 +121,7 @@ def export_explanations(ctx: "RunContext", teacher: FeatureModel | None,
 def _weight_map(ctx: "RunContext", d: Distiller, x: torch.Tensor, labels: torch.Tensor,
                 teacher: FeatureModel | None) -> np.ndarray | None:
     """The teacher map a saliency-weighted distiller used (its own explainer and target rule)."""
-    spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
+    spec = d.saliency_spec() if d.needs_saliency else None
     if spec is None or teacher is None:
         return None
     from xkd.pipeline.teacher_saliency import explain_config

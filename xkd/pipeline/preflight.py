@@ -58,11 +58,11 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
                              dataset_size=len(b.train), extras={"path": path, "explain": cfg.explain,
                                                                 "labels": dataset_labels(b.train)})  # hkd
         d = build_distiller(sc.method, student, teacher, method_params(sc), ctx)
-        if getattr(d, "uses_fake_data", False) and d.params.fake_data is not None:
+        if d.uses_fake_data and d.params.fake_data is not None:
             from xkd.gan.fakeset import load_fake_set  # cGAN-KD: a file for this data?
 
             load_fake_set(d.params.fake_data, b, f"{path}.params.fake_data")
-        spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
+        spec = d.saliency_spec() if d.needs_saliency else None
         if spec is not None and teacher is not None:
             merged = cfg.explain.model_dump()
             merged.update({k: v for k, v in spec.items() if v is not None})

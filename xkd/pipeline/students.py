@@ -33,7 +33,7 @@ def train_student(ctx: RunContext, i: int, teacher: FeatureModel | None, named: 
     if extras and bundle.has_masks and is_main_process():
         info.update(weight_map_quality(extras["saliency"], bundle.train))
     train_data = None
-    if getattr(d, "uses_fake_data", False):  # cGAN-KD: real + processed fakes (xkd.pipeline.generated)
+    if d.uses_fake_data:  # cGAN-KD: real + processed fakes (xkd.pipeline.generated)
         from xkd.pipeline.generated import fake_training_set, init_from_student
 
         train_data, cinfo = fake_training_set(ctx, i, d.params, teacher, bundle)

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def saliency_extras(ctx: "RunContext", d: Distiller, teacher: FeatureModel, bundle: DataBundle,
                     path: str) -> dict[str, Any] | None:
     """Attach the teacher saliency a distiller asks for: a cache, or an online explainer."""
-    spec = d.saliency_spec() if getattr(d, "needs_saliency", False) else None
+    spec = d.saliency_spec() if d.needs_saliency else None
     if spec is None:
         return None
     from xkd.explain import SaliencyCache, build_from_config

@@ -55,6 +55,8 @@ class HKDParams(MethodParams):
 class HKDDistiller(Distiller):
     """HKD: embedding heads, kNN graph + one graph-conv layer, InfoNCE against memory banks."""
 
+    uses_per_sample_state = True  # memory banks indexed by training position
+
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: HKDParams,
                  context: DistillContext) -> None:
         require_classification("hkd", context)
