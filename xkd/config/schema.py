@@ -41,7 +41,13 @@ class TrainConfig(Strict):
     batch_size: int = Field(64, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
+    amp: bool = Field(True, description="mixed precision (autocast); see amp_dtype")
+    amp_dtype: Literal["float16", "bfloat16", "auto"] = Field(
+        "float16", description="float16: CUDA only, with loss scaling (CPU stays fp32); bfloat16: "
+        "CUDA and CPU autocast, no scaler; auto: bfloat16 where the GPU has it natively, else "
+        "float16 (xkd.engine.precision)")
+    channels_last: bool = Field(False, description="NHWC weights and image batches on CUDA "
+                                "(faster tensor-core convolutions under AMP); ignored on CPU")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on batches per epoch")
     grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)

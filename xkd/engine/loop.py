@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from xkd.config import TrainConfig
 from xkd.engine import distributed as D
 from xkd.engine.env import derive_seed
+from xkd.engine.precision import Precision, batch_channels_last
 from xkd.errors import UserError
 
 
@@ -47,7 +48,7 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_steps: int, epoch0: int,
                  opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig,
-                 device: torch.device, use_amp: bool, task: str, bar_desc: str,
+                 device: torch.device, precision: Precision, task: str, bar_desc: str,
                  on_bad: Callable[[int, str], Exception],
                  extra: Sequence[Any] = ()) -> dict[str, Any]:
     """One pass; returns sums over samples of each loss/log, the correct count (or abs error) and n.
@@ -70,7 +71,9 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
         if i >= n_steps:
             break
         batch = to_device(batch, device)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+        if precision.channels_last:
+            batch = batch_channels_last(batch)
+        with precision.context():
             try:
                 out = model(batch, epoch0)
             except RuntimeError as e:

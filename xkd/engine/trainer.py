@@ -31,6 +31,7 @@ from xkd.engine import distributed as D
 from xkd.engine.env import derive_seed, seed_everything, set_determinism
 from xkd.engine.evaluate import evaluate_predictions, predict
 from xkd.engine.loop import epoch_batches, reduce_stats, train_epoch
+from xkd.engine.precision import resolve_precision, to_channels_last
 from xkd.errors import ConfigError, TrainingDiverged, UserError
 from xkd.io import append_jsonl, read_jsonl, write_text
 
@@ -137,8 +138,14 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
     n_steps = min(n_batches, cfg.max_steps_per_epoch or n_batches)
     opts = distiller.configure_optimizers(cfg.optimizer, cfg.schedule, cfg.epochs, n_steps)
     opt, sched, extra = opts.main, opts.scheduler, opts.extras
-    use_amp = bool(cfg.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    prec = resolve_precision(cfg.amp, cfg.amp_dtype, cfg.channels_last, device)
+    scaler = prec.grad_scaler()
+    if prec.channels_last:  # the frozen teacher is not a submodule of the distiller
+        for m in (distiller, getattr(distiller, "teacher", None)):
+            if m is not None:
+                to_channels_last(m)
+    if prec.autocast or prec.channels_last:
+        say(f"{desc}: precision {prec.describe()}")
 
     start, step, best, best_epoch, last_val, spent = 0, 0, None, 0, {}, 0.0
     history: list[dict[str, Any]] = []
@@ -163,7 +170,7 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         sched.load_state_dict(ckpt["scheduler"])
         for e in extra:
             e.scheduler.load_state_dict(ckpt["extra_optimizers"][e.name]["scheduler"])
-        if use_amp and ckpt["scaler"]:
+        if prec.scaler and ckpt["scaler"]:
             scaler.load_state_dict(ckpt["scaler"])
         ck.set_rng_state(ckpt["rng"])
         start, step, best, best_epoch = ckpt["epoch"], ckpt["step"], ckpt["best_metric"], ckpt["best_epoch"]
@@ -199,7 +206,7 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         lr = float(opt.param_groups[0]["lr"])
         bad = (lambda i, what, e=epoch: _diverged(desc, e, i, what, out_dir, e - 1))
         stats = train_epoch(model, distiller, loader, len(batches), epoch - 1, opt, sched, scaler, cfg, device,
-                             use_amp, task, f"{desc} {epoch}/{cfg.epochs}".strip(), bad, extra)
+                             prec, task, f"{desc} {epoch}/{cfg.epochs}".strip(), bad, extra)
         step += len(batches)
         D.broadcast_buffers(distiller)
         if not all(torch.isfinite(p).all() for p in distiller.trainable_modules().parameters()):
@@ -231,7 +238,7 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
             if improved:
                 ck.save_best(best_path, distiller, metric_name, best, epoch)
             ck.save_last(last_path, distiller=distiller, optimizer=opt, scheduler=sched,
-                         scaler=scaler if use_amp else None, epoch=epoch, step=step, seed=seed,
+                         scaler=scaler if prec.scaler else None, epoch=epoch, step=step, seed=seed,
                          best_metric=best, best_epoch=best_epoch, last_val=last_val, seconds=spent,
                          complete=complete, train_config=train_cfg, metric_name=metric_name,
                          extra_optimizers=extra)
