@@ -26,7 +26,7 @@ from xkd.errors import ConfigError
 from xkd.models import cifar_resnet, mobilenetv2, torchvision_adapter, video, wrn  # noqa: F401 (registration)
 from xkd.models.base import MODELS, FeatureModel, Features, StageInfo, describe, list_models
 from xkd.models.checkpoint import load_checkpoint
-from xkd.models.factory import build_from_factory, import_factory
+from xkd.models.factory import build_from_factory, factory_kwargs, import_factory
 from xkd.models.hooked import HookedFeatureModel
 
 __all__ = [
@@ -71,7 +71,9 @@ def check(cfg: ModelConfig | str, path: str = "") -> None:
             except ConfigError as e:
                 raise _rebase(e, path) from None
     else:
-        import_factory(cfg.factory or "", _field(path, "factory"))
+        spec = cfg.factory or ""
+        factory_kwargs(import_factory(spec, _field(path, "factory")), spec, dict(cfg.params), 1,
+                       path=path)
     if cfg.checkpoint and not Path(cfg.checkpoint).is_file():
         raise ConfigError(_field(path, "checkpoint"), f"file not found: {cfg.checkpoint}")
 
