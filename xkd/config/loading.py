@@ -17,6 +17,10 @@ from xkd.config.schema import ExperimentConfig
 from xkd.errors import ConfigError, UserError
 
 
+MAX_FILE_BYTES = 2**20
+"""Experiment files are short; anything larger is refused before it is read (1 MB)."""
+
+
 def _loc_to_path(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
@@ -80,6 +84,7 @@ def apply_override(raw: dict[str, Any], parts: list[str | int], value: Any) -> N
                 raise ConfigError(_loc_to_path(tuple(parts[: i + 1])), f"index out of range (len {len(node)})")
             node = node[p]
         else:
+            _need_mapping(node, parts[:i])
             if p not in node or node[p] is None:
                 node[p] = [] if isinstance(nxt, int) else {}
             node = node[p]
@@ -87,7 +92,19 @@ def apply_override(raw: dict[str, Any], parts: list[str | int], value: Any) -> N
     if isinstance(node, list) and isinstance(last, int):
         if last >= len(node):
             raise ConfigError(_loc_to_path(tuple(parts)), f"index out of range (len {len(node)})")
+    elif isinstance(node, list):
+        raise ConfigError(_loc_to_path(tuple(parts[:-1])), f"is a list; address an entry by index "
+                                                           f"or name, not '{last}'")
+    else:
+        _need_mapping(node, parts[:-1])
     node[last] = value
+
+
+def _need_mapping(node: Any, parts: list[str | int]) -> None:
+    """``--set a.b=...`` needs ``a`` to be a mapping; anything else is one line naming ``a``."""
+    if not isinstance(node, dict):
+        raise ConfigError(_loc_to_path(tuple(parts)), f"is {type(node).__name__} {node!r}, not a "
+                                                      "mapping; it has no fields to set")
 
 
 def merge_base(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -123,16 +140,28 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"experiment file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"{path}: {size / 2**20:.1f} MB is too large for an experiment file (at most "
+                        f"{MAX_FILE_BYTES // 2**20} MB); is this the right file?")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} on line {line}); "
+                        "save the file as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
     if raw is None:
-        raw = {}
+        raise UserError(f"{path} is empty; an experiment file names at least its data, teacher and "
+                        "students (see experiments/quickstart.yaml)")
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: the top level must be a mapping of sections (data, teacher, ...)")
+        raise UserError(f"{path}: the top level must be a mapping of sections (data, teacher, ...), "
+                        f"not a {type(raw).__name__}")
     raw.pop("format_version", None)
     if "base" in raw:
         raw = _with_base(raw, path, (*_seen, path.resolve()))

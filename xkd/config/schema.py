@@ -11,13 +11,44 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from types import UnionType
+from typing import Union as _Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
-class Strict(BaseModel):
-    """Base: unknown keys are errors, values are validated on assignment."""
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type is (optionally) a number: int, float or a union holding one."""
+    if annotation in (int, float):
+        return True
+    return any(_numeric(a) for a in get_args(annotation)) if get_origin(annotation) in (_Union, UnionType) else False
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class NumbersAreNumbers(BaseModel):
+    """Mixin: a boolean is not a number (``epochs: true`` is refused, not read as 1) and floats are
+    finite (``lr: .inf`` and ``.nan`` are refused), so no lax cast changes what a value means."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(v, bool) and field is not None and _numeric(field.annotation) \
+                and not _takes_bool(field.annotation):
+            raise ValueError(f"expected a number, got the boolean {v}")
+        return v
+
+
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or any(_takes_bool(a) for a in get_args(annotation))
+
+
+class Strict(NumbersAreNumbers):
+    """Base: unknown keys are errors, values are validated on assignment, booleans are not
+    numbers and floats are finite."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class OptimizerConfig(Strict):

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.engine.optim import OptimizerSet, build_optimizers
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel
@@ -23,10 +24,11 @@ METHODS: Registry["Distiller"] = Registry("method")
 """Method factories: ``cls(student, teacher, params, context)`` with a pydantic ``params`` model."""
 
 
-class MethodParams(BaseModel):
-    """Base of every method's parameter model: unknown keys are errors."""
+class MethodParams(NumbersAreNumbers):
+    """Base of every method's parameter model: unknown keys are errors, a boolean is not a
+    number and floats (temperatures, loss weights, learning rates) are finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass
