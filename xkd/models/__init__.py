@@ -23,7 +23,10 @@ from pydantic import ValidationError
 
 from xkd.config import ModelConfig, _error_from_validation
 from xkd.errors import ConfigError
-from xkd.models import cifar_resnet, mobilenetv2, torchvision_adapter, video, wrn  # noqa: F401 (registration)
+from xkd.models import (  # noqa: F401 (registration)
+    cifar_resnet, mobilenetv2, mobilenetv2_kd, resnet_bottleneck, shufflenetv1, shufflenetv2,
+    torchvision_adapter, video, vgg, wrn,
+)
 from xkd.models.base import MODELS, FeatureModel, Features, StageInfo, describe, list_models
 from xkd.models.checkpoint import load_checkpoint
 from xkd.models.factory import build_from_factory, factory_kwargs, import_factory
