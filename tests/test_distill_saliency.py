@@ -112,8 +112,10 @@ def test_reviewkd_constant_saliency_equals_plain_and_hooks():
     weighted.abfs.load_state_dict(plain.abfs.state_dict())
     assert not plain.needs_saliency and plain.saliency_spec() is None
     assert weighted.needs_saliency
+    finest = max(weighted.level_sizes, key=lambda s: s[0] * s[1])
+    assert finest == weighted.level_sizes[0]  # shallow -> deep: the first level is the finest
     assert weighted.saliency_spec() == {"method": None, "target": None, "params": None,
-                                        "cache": None, "max_batch": None}
+                                        "cache": None, "max_batch": None, "read_size": finest}
     b = _batch()
     const = dict(b, saliency=torch.full_like(b["saliency"], 2.0))
     plain.eval(), weighted.eval()

@@ -183,8 +183,11 @@ def test_aggregate_seeds_mean_and_sample_std():
 def test_weight_map_quality_against_hand_values():
     from xkd.pipeline.teacher_saliency import weight_map_quality
 
-    class Cache:
+    class Cache:  # maps at the image size, read in chunks (cache.batch)
         array = np.zeros((2, 1, 4, 4), dtype=np.float16)
+
+        def batch(self, rows):
+            return torch.from_numpy(self.array[list(rows)].astype(np.float32))
 
     Cache.array[0, 0, 0, 0] = 3.0  # inside the mask
     Cache.array[0, 0, 3, 3] = 1.0  # outside
@@ -192,6 +195,6 @@ def test_weight_map_quality_against_hand_values():
     mask = torch.zeros(1, 4, 4)
     mask[0, :2, :2] = 1
     ds = [{"mask": mask}, {"mask": mask}]
-    q = weight_map_quality(Cache(), ds, tolerance=0.0)
+    q = weight_map_quality(Cache(), ds, tolerance=0.0, chunk=1)
     assert q["weight_map_relevance_mass"] == pytest.approx((0.75 + 0.0) / 2)
     assert q["weight_map_pointing_game"] == pytest.approx((1.0 + 0.0) / 2)

@@ -9,7 +9,7 @@ written out) is saved as ``RUN/config.yaml``.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from types import UnionType
 from typing import Union as _Union, get_args, get_origin
@@ -161,6 +161,17 @@ class ExplainConfig(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     cache: bool = Field(True, description="precompute train-split maps once (memory-mapped)")
     max_batch: int = Field(64, ge=1, description="memory knob mapped to Captum's batch arguments")
+    storage_size: Union[Literal["auto", "input"], int] = Field(
+        "auto", description="side of the cached maps: 'auto' = the explainer's native size "
+        "(Grad-CAM's layer) or else the finest level the student reads; 'input' = image size; "
+        "an integer s = s x s (area-averaged); maps are brought back to the image size on read")
+
+    @field_validator("storage_size")
+    @classmethod
+    def _positive_side(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:
+            raise ValueError(f"storage_size {v} must be >= 1 (or 'auto', 'input')")
+        return v
 
 
 class EvaluateConfig(Strict):
@@ -187,6 +198,13 @@ class CGANSection(Strict):
     """cGAN-KD (Ding et al. 2023; issue 8): the conditional GAN trained once per seed into
     ``RUN/cgan/`` and the cDR-RS ratio model; ``cgan_kd`` students draw processed fakes from it.
     ``gan`` and ``subsample`` are validated against ``xkd.gan.config.GANConfig`` and
+class DistributedConfig(Strict):
+    """Settings of a ``torchrun`` launch (DDP)."""
+
+    timeout_minutes: float = Field(30.0, gt=0, description="process-group timeout: how long a "
+                                   "collective (barrier, broadcast) may wait before the job fails")
+
+
     ``SubsampleConfig`` (``subsample.enabled`` is set per student by ``cgan_kd``'s ``subsample``)."""
 
     gan: dict[str, Any] = Field(default_factory=dict, description="GANConfig fields")
@@ -217,6 +235,7 @@ class ExperimentConfig(Strict):
     @field_validator("students")
     @classmethod
     def _unique_names(cls, v: list[StudentConfig]) -> list[StudentConfig]:
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
         seen: set[str] = set()
         for s in v:
             if s.name == "teacher" or s.name.startswith("control_"):

@@ -43,7 +43,9 @@ def init_distributed(device: torch.device | str | None = None, timeout_s: int = 
     """Start the process group when launched by ``torchrun`` (idempotent); else a 1-process info.
 
     The backend is ``nccl`` when ``device`` is CUDA (or ``None``/``auto`` with a GPU present), ``gloo``
-    otherwise. With CUDA, this process's GPU is set to ``LOCAL_RANK``.
+    otherwise. With CUDA, this process's GPU is set to ``LOCAL_RANK``. ``timeout_s`` is the
+    process-group timeout (``distributed.timeout_minutes`` in the experiment file): a collective
+    that waits longer fails the job instead of hanging.
     """
     if dist.is_available() and dist.is_initialized():
         return current()

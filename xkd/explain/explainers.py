@@ -50,6 +50,11 @@ class Explainer(ABC):
         """Maps (B,1,H,W) for images ``x`` (B,C,H,W) and class indices ``target`` (B,)."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise UserError(f"explain: x must be a (B,C,H,W) tensor, got {getattr(x, 'shape', type(x))}")
+        return self._run(x, target, lambda xc, tc: self._to_map(
+            self._attribute(xc, tc).detach().float(), tuple(x.shape[-2:])), tuple(x.shape[-2:]))
+
+    def _run(self, x: torch.Tensor, target: Any, fn: Any, empty_hw: tuple[int, ...]) -> torch.Tensor:
+        """``fn(chunk, targets)`` over ``max_batch`` chunks under the model guard, concatenated."""
         target = self._check_target(target, x)
         out = []
         with model_guard(self.model), torch.inference_mode(False), torch.enable_grad(), \
@@ -59,9 +64,12 @@ class Explainer(ABC):
             x = x.detach().float().clone()  # a normal tensor even if made under inference_mode
             step = self.chunk_size()
             for i in range(0, x.shape[0], step):
-                a = self._attribute(x[i:i + step].clone(), target[i:i + step]).detach().float()
-                out.append(self._to_map(a, tuple(x.shape[-2:])))
-        return torch.cat(out).contiguous() if out else x.new_zeros(0, 1, *x.shape[-2:])
+                out.append(fn(x[i:i + step].clone(), target[i:i + step]))
+        return torch.cat(out).contiguous() if out else x.new_zeros(0, 1, *empty_hw)
+
+    def native_size(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """Spatial size at which the method itself resolves ``x`` (None: input resolution)."""
+        return None
 
     def settings(self) -> dict[str, Any]:
         """What determines the maps (method and every parameter, defaults written out)."""
@@ -168,16 +176,42 @@ class GradCamExplainer(Explainer):
         s["params"]["layer"] = self.layer_name
         return s
 
-    def _attribute(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _cam(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cam = LayerGradCam(self.model, self.layer).attribute(x, target=t, relu_attributions=True)
         if not isinstance(cam, torch.Tensor) or cam.dim() != 4:
             raise UserError(f"{self.path}.params.layer: layer '{self.layer_name}' must output a "
                             f"(B,C,h,w) feature map; pick a convolutional stage")
-        return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]),
+        return cam
+
+    def _attribute(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return LayerAttribution.interpolate(self._cam(x, t), tuple(x.shape[-2:]),
                                             interpolate_mode=self.params.interpolate_mode)
 
     def _to_map(self, a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return normalize(a.clamp_min(0), self.params.normalize)
+
+    def native(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The layer's ReLU'd Grad-CAM (B,1,h,w) before upsampling and normalisation:
+        ``explain(x, t) == finish(native(x, t), x.shape[-2:])``."""
+        return self._run(x, target, lambda xc, tc: self._cam(xc, tc).detach().float(), (0, 0))
+
+    def finish(self, cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Upsample native maps to ``size`` and normalise them, as :meth:`explain` does."""
+        up = LayerAttribution.interpolate(cam.float(), tuple(size),
+                                          interpolate_mode=self.params.interpolate_mode)
+        return normalize(up.clamp_min(0), self.params.normalize)
+
+    def native_size(self, x: torch.Tensor) -> tuple[int, int] | None:
+        """Spatial size of the Grad-CAM layer's output for images like ``x`` (one forward)."""
+        seen: list[tuple[int, int]] = []
+        hook = self.layer.register_forward_hook(
+            lambda _m, _i, out: seen.append(tuple(out.shape[-2:])) if isinstance(out, torch.Tensor) else None)
+        try:
+            with model_guard(self.model), torch.no_grad():
+                self.model(x[:1].detach().float())
+        finally:
+            hook.remove()
+        return seen[0] if seen else None  # type: ignore[return-value]
 
 
 @EXPLAINERS.register("occlusion", params=P.OcclusionParams)

@@ -65,7 +65,7 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
         spec = d.saliency_spec() if d.needs_saliency else None
         if spec is not None and teacher is not None:
             merged = cfg.explain.model_dump()
-            merged.update({k: v for k, v in spec.items() if v is not None})
+            merged.update({k: v for k, v in spec.items() if v is not None and k != "read_size"})
             try:
                 ecfg = ExplainConfig.model_validate(merged)
             except Exception as e:  # noqa: BLE001
