@@ -52,6 +52,9 @@ class FeatureModel(nn.Module):
     preact_relation: str = "relu"
     input_dims: int = 3
     """Dimensions of one input sample: 3 for images (C,H,W), 4 for video clips (C,T,H,W)."""
+    COMMUNITY_KEYS: tuple[tuple[str, str], ...] = ()
+    """Regex renames (pattern, replacement), applied in order to every key of a checkpoint written by
+    the KD literature's reference code, giving this class's names (:mod:`xkd.models.checkpoint`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).logits

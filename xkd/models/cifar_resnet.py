@@ -91,6 +91,8 @@ class CifarResNet(FeatureModel):
     """ResNet-(6n+2) for small images; any input size (adaptive pooling), any channel count."""
 
     preact_relation = "relu"
+    COMMUNITY_KEYS = ((r"^(layer\d+)\.(\d+)\.", r"\1.blocks.\2."), (r"\.downsample\.", ".shortcut."))
+    """CRD / RepDistiller ``resnet.py`` names -> ours (``layer1.0.downsample.0`` -> ``layer1.blocks.0.shortcut.0``)."""
 
     def __init__(
         self,

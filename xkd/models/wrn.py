@@ -91,6 +91,10 @@ class WideResNet(FeatureModel):
     """WRN-depth-widen for small images; any input size, any number of input channels."""
 
     preact_relation = "relu"
+    COMMUNITY_KEYS = ((r"^(block\d)\.layer\.", r"\1.layers."), (r"\.convShortcut\.", ".shortcut."),
+                      (r"^bn1\.", "bn."))
+    """CRD / RepDistiller ``wrn.py`` names -> ours (``block1.layer.0.convShortcut`` ->
+    ``block1.layers.0.shortcut``; the final ``bn1`` -> ``bn``)."""
 
     def __init__(
         self,
