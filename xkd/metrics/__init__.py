@@ -2,7 +2,8 @@
 
 ``METRICS`` holds every metric with its metadata; ``list_metrics()`` describes them;
 ``run_metrics(inputs)`` computes those whose inputs are present and says why the others were
-skipped. The functions can also be called directly.
+skipped. The functions can also be called directly. Inside ``with shared_forwards():`` metrics
+share the forwards of coinciding inputs (same model, images, order, fill and step).
 """
 
 from xkd.metrics.base import (
@@ -21,6 +22,7 @@ from xkd.metrics.alignment import cosine, kendall, kendall_tau_b, spearman, ssim
 from xkd.metrics.prediction import agreement, kl_divergence
 from xkd.metrics.sanity import model_randomisation, parameter_layers, randomise_layer_
 from xkd.metrics.controls import control_maps, random_attribution, uniform_attribution
+from xkd.metrics.shared import ForwardCache, shared_forwards
 
 __all__ = [
     "CATEGORIES", "INPUT_NAMES", "METRICS", "Metric", "MetricParams", "MetricResult",
@@ -32,4 +34,5 @@ __all__ = [
     "top_k_intersection", "cosine", "spearman", "kendall", "kendall_tau_b", "ssim", "ssim_maps",
     "topk_iou", "agreement", "kl_divergence", "model_randomisation", "parameter_layers",
     "randomise_layer_", "control_maps", "random_attribution", "uniform_attribution",
+    "ForwardCache", "shared_forwards",
 ]

@@ -1,4 +1,6 @@
-"""Shared batched tensor operations of the metrics: checks, rankings, ties, chunked forwards.
+"""Shared batched tensor operations of the metrics: checks, rankings, ties, AUC, blur.
+
+Model forwards (chunking, shared forwards) live in :mod:`xkd.metrics._forward`.
 
 Conventions (reference/xai_metrics.md section 0.3):
 - orderings are stable sorts, so tied values keep index (row-major pixel) order;
@@ -10,12 +12,9 @@ Conventions (reference/xai_metrics.md section 0.3):
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from xkd.errors import UserError
 
@@ -124,100 +123,6 @@ def substrate(x: torch.Tensor, kind: str | float, blur_size: int, blur_sigma: fl
     if isinstance(kind, (int, float)):
         return torch.full_like(x, float(kind))
     raise UserError(f"baseline '{kind}' unknown; allowed: zero, mean, blur, or a number")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule in eval mode and restore each one's previous mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, was in modes:
-            m.training = was
-
-
-def output_scores(logits: torch.Tensor, target: torch.Tensor, output: str) -> torch.Tensor:
-    """Softmax probability (``'softmax'``) or logit (``'logit'``) of ``target`` per row."""
-    if output == "softmax":
-        logits = logits.float().softmax(dim=1)
-    elif output != "logit":
-        raise UserError(f"output '{output}' unknown; allowed: softmax, logit")
-    return logits.gather(1, target.long().view(-1, 1)).squeeze(1)
-
-
-def forward_logits(model: nn.Module, x: torch.Tensor, max_batch: int) -> torch.Tensor:
-    """Logits of ``model`` on ``x`` in chunks of ``max_batch``, no grad, eval mode."""
-    with torch.no_grad(), eval_mode(model):
-        return torch.cat([model(x[i:i + max_batch]) for i in range(0, x.shape[0], max_batch)])
-
-
-def resolve_target(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None,
-                   max_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target, clean logits): ``target`` defaults to the model's top-1 on clean ``x`` (RISE)."""
-    logits = forward_logits(model, x, max_batch)
-    if target is None:
-        target = logits.argmax(dim=1)
-    target = torch.as_tensor(target, device=x.device).long().view(-1)
-    if target.shape[0] != x.shape[0]:
-        raise UserError(f"target has {target.shape[0]} entries for {x.shape[0]} images")
-    return target, logits
-
-
-def perturbed_scores(
-    model: nn.Module,
-    n_items: int,
-    build: Callable[[torch.Tensor], torch.Tensor],
-    image_of: Callable[[torch.Tensor], torch.Tensor],
-    target: torch.Tensor,
-    output: str,
-    max_batch: int,
-    align: int = 1,
-) -> torch.Tensor:
-    """Scores of ``n_items`` perturbed inputs, at most ``max_batch`` per forward.
-
-    ``build(idx)`` returns the perturbed inputs for flat item indices ``idx`` (a contiguous long
-    range on the input device) and ``image_of(idx)`` their source image indices. When
-    ``max_batch >= align`` chunks are multiples of ``align`` (e.g. whole images' step sets), so
-    ``build`` can broadcast instead of gathering. Returns float32 (n_items,).
-    """
-    if max_batch < 1:
-        raise UserError(f"max_batch must be >= 1; got {max_batch}")
-    step = max_batch // align * align if max_batch >= align else max_batch
-    dev = target.device
-    out = torch.empty(n_items, dtype=torch.float32, device=dev)
-    with torch.no_grad(), eval_mode(model):
-        for s in range(0, n_items, step):
-            idx = torch.arange(s, min(s + step, n_items), device=dev)
-            logits = model(build(idx))
-            out[s:s + idx.numel()] = output_scores(logits, target[image_of(idx)], output).float()
-    return out
-
-
-def masked_curve(model: nn.Module, x: torch.Tensor, rank: torch.Tensor, counts: torch.Tensor,
-           inside: torch.Tensor, outside: torch.Tensor, target: torch.Tensor, output: str,
-           max_batch: int) -> torch.Tensor:
-    """Scores (N, len(counts)) of images with pixels ``rank < counts[j]`` taken from ``inside``
-    and the others from ``outside``; steps are stacked into the batch dimension."""
-    n_img, n_steps = x.shape[0], counts.numel()
-    counts = counts.to(x.device, torch.int32)
-    rank = rank.to(torch.int32)
-
-    def build(idx: torch.Tensor) -> torch.Tensor:
-        first, size = int(idx[0]), idx.numel()
-        if first % n_steps == 0 and size % n_steps == 0:  # whole images: broadcast, no gather
-            i0, i1 = first // n_steps, (first + size) // n_steps
-            m = rank[i0:i1, None] < counts.view(1, -1, 1, 1, 1)
-            out = torch.where(m, inside[i0:i1, None], outside[i0:i1, None])
-            return out.reshape(size, *x.shape[1:])
-        i, j = idx // n_steps, idx % n_steps
-        m = rank[i] < counts[j].view(-1, 1, 1, 1)
-        return torch.where(m, inside[i], outside[i])
-
-    out = perturbed_scores(model, n_img * n_steps, build, lambda idx: idx // n_steps,
-                           target, output, max_batch, align=n_steps)
-    return out.view(n_img, n_steps)
 
 
 def steps_schedule(n_pixels: int, steps: int) -> tuple[int, torch.Tensor]:

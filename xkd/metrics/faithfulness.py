@@ -23,9 +23,9 @@ from pydantic import Field
 from torch import nn
 
 from xkd.errors import UserError
+from xkd.metrics._forward import masked_curve, output_scores, perturbed_scores, resolve_target
 from xkd.metrics._ops import (
-    check_map, masked_curve, output_scores, pearson_rows, perturbed_scores, resolve_target,
-    stable_rank, steps_schedule, substrate, trapezoid_auc,
+    check_map, pearson_rows, stable_rank, steps_schedule, substrate, trapezoid_auc,
 )
 from xkd.metrics.base import MetricParams, MetricResult, RandomParams, register_metric
 
@@ -131,12 +131,12 @@ def faithfulness_correlation(
     base = substrate(x, baseline, blur_size, blur_sigma)
     shape = (1,) + tuple(a.shape[1:])
 
-    def build(idx: torch.Tensor) -> torch.Tensor:
+    def build(idx: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
         i, r = idx // runs, idx % runs
         m = subsets[i, r].view(-1, *shape[1:])
-        return torch.where(m, base[i], x[i])
+        return torch.where(m, base[i], x[i]) if out is None else torch.where(m, base[i], x[i], out=out)
 
-    scores = perturbed_scores(model, n_img * runs, build, lambda idx: idx // runs, target,
+    scores = perturbed_scores(model, n_img * runs, x, build, lambda idx: idx // runs, target,
                               output, max_batch).view(n_img, runs)
     drops = clean.view(-1, 1) - scores
     sums = (subsets.double() * a.reshape(n_img, 1, hw).double()).sum(-1)

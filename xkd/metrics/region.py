@@ -25,7 +25,8 @@ from pydantic import Field
 from torch import nn
 
 from xkd.errors import UserError
-from xkd.metrics._ops import check_map, masked_curve, output_scores, resolve_target, stable_rank
+from xkd.metrics._forward import masked_curve, output_scores, resolve_target
+from xkd.metrics._ops import check_map, stable_rank
 from xkd.metrics.base import MetricResult, RandomParams, register_metric
 
 

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from xkd.metrics._ops import check_map, eval_mode, output_scores, resolve_target, stable_rank
+from xkd.metrics._forward import forward_logits, output_scores, resolve_target
+from xkd.metrics._ops import check_map, stable_rank
 from xkd.metrics.base import MetricResult, RandomParams, register_metric
 
 _E, _D = 1.0 / 6.0, 1.0 / 12.0
@@ -143,12 +144,9 @@ def road(
         k = math.floor(hw * p)
         removed = rank < k if order == "morf" else rank >= k
         imputed = noisy_linear_impute(x, removed, noise, generator, tol, max_batch)
-        with torch.no_grad(), eval_mode(model):
-            for s in range(0, n_img, max_batch):
-                logits = model(imputed[s:s + max_batch])
-                t = target[s:s + max_batch]
-                probs[s:s + t.numel(), j] = output_scores(logits, t, output).double().cpu()
-                hits[s:s + t.numel(), j] = (logits.argmax(1) == t).double().cpu()
+        logits = forward_logits(model, imputed, max_batch)
+        probs[:, j] = output_scores(logits, target, output).double().cpu()
+        hits[:, j] = (logits.argmax(1) == target).double().cpu()
     return MetricResult(probs.mean(1), probs, torch.tensor(list(percentages), dtype=torch.float64),
                         extras={"hit": hits},
                         info={"order": order, "noise": noise, "tie_noise": tie_noise,

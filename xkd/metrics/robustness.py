@@ -28,7 +28,8 @@ from captum.metrics import sensitivity_max as captum_sensitivity_max
 from pydantic import Field
 from torch import nn
 
-from xkd.metrics._ops import check_map, eval_mode, resolve_target
+from xkd.metrics._forward import eval_mode, resolve_target
+from xkd.metrics._ops import check_map
 from xkd.metrics.base import MetricResult, RandomParams, register_metric
 
 

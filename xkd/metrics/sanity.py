@@ -27,7 +27,8 @@ from pydantic import Field
 from torch import nn
 
 from xkd.errors import NotApplicable
-from xkd.metrics._ops import average_ranks, check_map, eval_mode, pearson_rows, resolve_target
+from xkd.metrics._forward import eval_mode, resolve_target
+from xkd.metrics._ops import average_ranks, check_map, pearson_rows
 from xkd.metrics.alignment import ssim_maps
 from xkd.metrics.base import MetricResult, RandomParams, register_metric
 
