@@ -31,7 +31,7 @@ import torch
 
 from xkd.config import ExplainConfig
 from xkd.errors import NotApplicable, UserError
-from xkd.metrics import METRICS, MetricResult, control_maps
+from xkd.metrics import METRICS, MetricResult, control_maps, shared_forwards
 from xkd.report.loading import CONTROL_PREFIX, RunData
 
 CONTROL_SEED = 0
@@ -112,6 +112,9 @@ class Computed:
     perturbation_samples: int = 0
     sanity_samples: int = 0
     device: str = "cpu"
+    forwards: dict[str, Any] = field(default_factory=dict)
+    """Images the metrics asked to forward (``requested``) and forwarded (``run``): coinciding
+    forwards are shared (:func:`xkd.metrics.shared_forwards`)."""
 
     def get(self, metric: str, model: str, explainer: str | None) -> Row | None:
         for r in self.rows:
@@ -295,11 +298,13 @@ def compute_metrics(data: RunData, names: list[str] | None = None, device: str |
     r = _Runner(data, names, torch.device(device), log, perturbation_samples)
     if data.inputs:
         r.tensors()
-    for metric in names:
-        t0 = time.perf_counter()
-        before = len(r.out.rows)
-        r.plan(metric)
-        n_rows = len(r.out.rows) - before
-        if n_rows:
-            log(f"[xkd.report] {metric}: {n_rows} rows, {time.perf_counter() - t0:.1f} s")
+    with shared_forwards() as cache:  # one clean forward per (model, images), shared curve points
+        for metric in names:
+            t0 = time.perf_counter()
+            before = len(r.out.rows)
+            r.plan(metric)
+            n_rows = len(r.out.rows) - before
+            if n_rows:
+                log(f"[xkd.report] {metric}: {n_rows} rows, {time.perf_counter() - t0:.1f} s")
+    r.out.forwards = cache.summary()
     return r.out

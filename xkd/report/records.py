@@ -130,6 +130,7 @@ def write_records(out_dir: Path, comp: Computed, indices: np.ndarray, n_boot: in
                                    "method": "percentile bootstrap of the mean over non-NaN samples"},
            "params": comp.params, "metrics": metas, "results": results, "by_metric": nested,
            "skipped": comp.skipped,
-           "cost_seconds": {k: round(v, 4) for k, v in comp.seconds.items()}}
+           "cost_seconds": {k: round(v, 4) for k, v in comp.seconds.items()},
+           "forwards": comp.forwards}
     io.write_json(out_dir / "aggregates.json", agg)
     return agg
