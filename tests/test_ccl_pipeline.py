@@ -127,9 +127,9 @@ def test_agreement_with_the_named_teacher_recomputed_from_saved_models(ccl_run: 
     assert row["test_kl"] == pytest.approx(kl, rel=1e-4, abs=1e-6)
 
 
-def test_viewer_explorer_shows_the_frame_strip(ccl_run: Path):
+def test_viewer_explorer_shows_the_frame_strip(ccl_run: Path, monkeypatch):
+    monkeypatch.setenv("XKD_RUNS", str(ccl_run.parent))  # the viewer's `--runs`
     at = AppTest.from_file(str(VIEWER), default_timeout=90)
-    at.session_state["runs_root"] = str(ccl_run.parent)
     at.query_params["page"] = "explorer"
     at.query_params["run"] = "ccl/seed-0"
     at.run()

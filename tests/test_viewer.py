@@ -6,6 +6,7 @@ the root) that test_viewer_partial.py and test_viewer_browser.py use."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -116,8 +117,10 @@ def runs_root(tmp_path_factory) -> Path:
 
 
 def app(root: Path, page: str, run: str | None = None) -> AppTest:
+    """The viewer on ``root``, given as the command line would (``XKD_RUNS``, read on every rerun:
+    AppTest runs the script in this process, whose argv is pytest's)."""
+    os.environ["XKD_RUNS"] = str(root)
     at = AppTest.from_file(str(VIEWER), default_timeout=90)
-    at.session_state["runs_root"] = str(root)
     at.query_params["page"] = page
     if run is not None:
         at.query_params["run"] = run

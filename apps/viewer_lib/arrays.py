@@ -160,15 +160,15 @@ REGRESSION_COLUMNS = {"correct": "abs_error", "agree": "teacher_gap"}
 predictions means nothing, their absolute difference does."""
 
 
-def _score(df: pd.DataFrame, name: str, kind: str, pred: np.ndarray, ref: np.ndarray,
+def _score(cols: dict[str, Any], name: str, kind: str, pred: np.ndarray, ref: np.ndarray,
            regression: bool) -> None:
     """``name:correct``/``name:agree`` (equal classes), or for regression the absolute difference
     in original units as ``name:abs_error``/``name:teacher_gap``."""
     if regression:
-        df[f"{name}:{REGRESSION_COLUMNS[kind]}"] = np.abs(np.asarray(pred, dtype=np.float64)
-                                                          - np.asarray(ref, dtype=np.float64))
+        cols[f"{name}:{REGRESSION_COLUMNS[kind]}"] = np.abs(np.asarray(pred, dtype=np.float64)
+                                                            - np.asarray(ref, dtype=np.float64))
     else:
-        df[f"{name}:{kind}"] = pred == ref
+        cols[f"{name}:{kind}"] = pred == ref
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -180,6 +180,8 @@ def sample_table(path: str, version: float, explainer: str) -> pd.DataFrame:
     with the teacher's (``student:metric``).
 
     Alignment comes from ``RUN/metrics`` when the report wrote it, else it is computed here.
+    The columns are gathered in a dict and made into one frame at the end (a run with many metric
+    files has over 100 columns; inserting them one by one fragments the frame).
     """
     ex = load_explanations(path, version)
     if ex is None or not ex.inputs:
@@ -188,37 +190,37 @@ def sample_table(path: str, version: float, explainer: str) -> pd.DataFrame:
     idx = ex.inputs.get("indices", np.arange(n))
     labels = ex.inputs.get("labels")
     names = list(ex.index.get("class_names") or [])
-    df = pd.DataFrame({"position": np.arange(n), "index": idx})
+    cols: dict[str, Any] = {"position": np.arange(n), "index": idx}  # the columns, in order
     if labels is not None:
-        df["label"] = labels
+        cols["label"] = labels
         if names:
-            df["label_name"] = [names[int(c)] if 0 <= int(c) < len(names) else str(c) for c in labels]
+            cols["label_name"] = [names[int(c)] if 0 <= int(c) < len(names) else str(c) for c in labels]
     teacher = ex.models.get("teacher", {})
     tpred, tmap = predictions(teacher), teacher.get(f"map_{explainer}")
     masks = ex.inputs.get("masks")
     regression = ex.index.get("task") == "regression"
     if tpred is not None:
-        df["teacher:pred"] = tpred
+        cols["teacher:pred"] = tpred
         if labels is not None:
-            _score(df, "teacher", "correct", tpred, labels, regression)
+            _score(cols, "teacher", "correct", tpred, labels, regression)
     if tmap is not None and masks is not None:
-        df["teacher:energy_in_mask"] = A.energy_in_mask(tmap, masks)
+        cols["teacher:energy_in_mask"] = A.energy_in_mask(tmap, masks)
     for name, arrs in ex.models.items():
         if name == "teacher":
             continue
         pred, smap = predictions(arrs), arrs.get(f"map_{explainer}")
         if pred is not None:
-            df[f"{name}:pred"] = pred
+            cols[f"{name}:pred"] = pred
             if labels is not None:
-                _score(df, name, "correct", pred, labels, regression)
+                _score(cols, name, "correct", pred, labels, regression)
             if tpred is not None:
-                _score(df, name, "agree", pred, tpred, regression)
+                _score(cols, name, "agree", pred, tpred, regression)
         if smap is not None and tmap is not None:
-            df[f"{name}:cosine"] = A.cosine(smap, tmap)
-            df[f"{name}:spearman"] = A.spearman(smap, tmap)
+            cols[f"{name}:cosine"] = A.cosine(smap, tmap)
+            cols[f"{name}:spearman"] = A.spearman(smap, tmap)
         if smap is not None and masks is not None:
-            df[f"{name}:energy_in_mask"] = A.energy_in_mask(smap, masks)
-    df.attrs["alignment_source"] = "computed by the viewer from the exported maps"
+            cols[f"{name}:energy_in_mask"] = A.energy_in_mask(smap, masks)
+    source = "computed by the viewer from the exported maps"
     mf = metric_files(path, version)
     mf = mf[(mf["explainer"] == explainer) | (mf["explainer"] == "")]
     if len(mf):
@@ -227,6 +229,8 @@ def sample_table(path: str, version: float, explainer: str) -> pd.DataFrame:
             g = g[g["index"].isin(pos.index)]
             col = np.full(n, np.nan)
             col[pos[g["index"].astype(idx.dtype)].to_numpy()] = g["value"].to_numpy()
-            df[f"{model}:{metric}"] = col
-        df.attrs["alignment_source"] = "RUN/metrics (xkd.report), others computed by the viewer"
-    return df
+            cols[f"{model}:{metric}"] = col
+        source = "RUN/metrics (xkd.report), others computed by the viewer"
+    table = pd.DataFrame(cols)
+    table.attrs["alignment_source"] = source
+    return table

@@ -1,9 +1,10 @@
 """The sidebar: runs root, run, page and explainer; and the widget-state helpers the pages share.
 
 The runs root comes from ``--runs`` (after ``--`` on the ``streamlit run`` line), ``XKD_RUNS``, or
-``runs``, and can be changed in the sidebar. A run is picked from the folders found under the root
-or typed as a path (also ``?run=`` in the URL); a path outside the root is refused
-(``xkd.runfolder.ensure_inside``). ``?page=overview|explorer|stages`` opens a page directly.
+``runs``; it is fixed for the life of the server and only shown (read-only) in the sidebar: nothing
+on the page (widget, URL, session state) can move it, so whoever has the page sees only runs under
+it. A run is picked from the folders found under the root or typed as a path (also ``?run=`` in the
+URL); a path outside the root is refused (``xkd.runfolder.ensure_inside``). ``?page=overview|explorer|stages`` opens a page directly.
 """
 
 from __future__ import annotations
@@ -94,10 +95,9 @@ def sidebar() -> Ctx | None:
     qp = st.query_params
     sb = st.sidebar
     sb.title("xkd viewer")
-    if "runs_root" not in st.session_state:
-        st.session_state["runs_root"] = cli_runs_root()
-    root_text = sb.text_input("Runs root", key="runs_root", help="folder holding run folders")
-    root = Path(root_text).expanduser()
+    root_text = cli_runs_root()  # the command line's, on every rerun: not a widget, not session state
+    root = Path(root_text).expanduser().resolve()
+    sb.caption(f"Runs root: `{root}`", help="fixed when the viewer starts: `-- --runs ROOT`")
     page_keys = list(PAGES)
     if "page" not in st.session_state:
         st.session_state["page"] = qp.get("page") if qp.get("page") in PAGES else "overview"
@@ -105,8 +105,8 @@ def sidebar() -> Ctx | None:
     if qp.get("page") != page:
         qp["page"] = page
     if not root.is_dir():
-        st.warning(f"The runs root `{root_text}` does not exist. Set it in the sidebar "
-                   "(or start the viewer with `-- --runs ROOT`).")
+        st.warning(f"The runs root `{root_text}` does not exist. Start the viewer with "
+                   "`streamlit run apps/viewer.py -- --runs ROOT` (or set XKD_RUNS).")
         return None
     runs = [r for r in discover_runs(root) if _inside(root, root / r)]
     typed = sb.text_input("Open a run by path", key="run_path", placeholder="relative to the root",

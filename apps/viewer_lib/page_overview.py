@@ -78,16 +78,19 @@ def summary_rows(ctx_run: dict[str, Any], path: str, st_: float, explainer: str 
         out.append(o)
     df = pd.DataFrame(out)
     if explainer and len(df):
+        extra: dict[str, pd.Series] = {}  # joined once: one insert per column fragments the frame
         tab = sample_table(path, st_, explainer)
         for metric in ("cosine", "spearman", "energy_in_mask"):
             vals = {m: float(np.nanmean(tab[f"{m}:{metric}"])) for m in df["model"]
                     if f"{m}:{metric}" in tab and np.isfinite(tab[f"{m}:{metric}"]).any()}
             if vals:
-                df[f"{metric} ({explainer})"] = df["model"].map(vals)
+                extra[f"{metric} ({explainer})"] = df["model"].map(vals)
         means = aggregate_means(aggregates(path), list(df["model"]))
         means = means[means["explainer"].isin([explainer, ""])]
         for metric, g in means.groupby("metric"):
-            df[f"{metric} ({explainer}, report)"] = df["model"].map(dict(zip(g["model"], g["mean"])))
+            extra[f"{metric} ({explainer}, report)"] = df["model"].map(dict(zip(g["model"], g["mean"])))
+        if extra:
+            df = pd.concat([df, pd.DataFrame(extra, index=df.index)], axis=1)
     return df
 
 
