@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import yaml
 
 os.environ.setdefault("XKD_NO_PROGRESS", "1")
+os.environ.setdefault("XKD_CACHE_DIR", tempfile.mkdtemp(prefix="xkd-test-cache-"))  # image folder indexes
 torch.set_num_threads(1)  # tiny tensors: threads cost more than they give, and CI shares 2 cores
 
 

@@ -5,7 +5,8 @@ missing: they are then carved from ``train`` by seeded, stratified fractions), o
 directly (split by seed into train/val/test). Each split folder has one sub-folder per class.
 ``mask_root`` (optional) mirrors the image tree: the mask of ``ROOT/REL/x.jpg`` is
 ``MASK_ROOT/REL/x.png`` (grey; pixels > 127 are object). Images are resized (shorter side) and
-centre-cropped to ``image_size``, masks with the same geometry (nearest neighbour).
+centre-cropped to ``image_size``, masks with the same geometry (nearest neighbour). The file
+listing is cached and re-used while the folder is unchanged (``xkd.data.folder_index``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from PIL import Image
 from pydantic import Field
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from xkd.config import DataConfig, Strict
 from xkd.data.base import DATASETS, DataBundle, Sample
+from xkd.data.folder_index import list_images
 from xkd.data.tensors import stratified_split
 from xkd.data.transforms import build_train_transform
 from xkd.errors import UserError
@@ -77,10 +79,8 @@ class FolderSplit(Dataset):
 
 
 def _list(folder: Path, class_to_idx: dict[str, int]) -> list[Item]:
-    try:
-        return make_dataset(str(folder), class_to_idx, extensions=IMG_EXTENSIONS)
-    except (FileNotFoundError, OSError) as e:
-        raise UserError(f"data.root: cannot read images in '{folder}': {e}") from None
+    """The folder's images, from the cached file index when the folder is unchanged."""
+    return list_images(folder, class_to_idx, IMG_EXTENSIONS)
 
 
 def _mask_paths(items: list[Item], root: Path, mask_root: Path) -> list[Path]:
