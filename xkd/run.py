@@ -49,10 +49,10 @@ def list_registered() -> dict[str, list[str]]:
 
 
 def _choose_dir(cfg: Any, args: argparse.Namespace) -> Path:
-    from xkd.runfolder import latest_run_dir, new_run_dir
+    from xkd.runfolder import check_output_dir, latest_run_dir, new_run_dir
 
     if args.out:
-        out = Path(args.out)
+        out = check_output_dir(args.out, "--out")
         if args.resume:
             if not (out / "config.yaml").is_file():
                 raise UserError(f"--resume: {out} is not a run folder (no config.yaml); drop --resume to start one")
@@ -60,12 +60,13 @@ def _choose_dir(cfg: Any, args: argparse.Namespace) -> Path:
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} already holds files; use --resume to continue it or pick a new folder")
         return out
+    root = check_output_dir(cfg.output.root, "output.root")
     if args.resume:
-        last = latest_run_dir(cfg.output.root, cfg.name)
+        last = latest_run_dir(root, cfg.name)
         if last is None:
             raise UserError(f"--resume: no earlier run of '{cfg.name}' under {cfg.output.root}; pass --out RUN_DIR")
         return last
-    return new_run_dir(cfg.output.root, cfg.name)
+    return new_run_dir(root, cfg.name)
 
 
 def _check_resume_config(run_dir: Path, cfg: Any) -> None:
@@ -84,15 +85,25 @@ def _check_resume_config(run_dir: Path, cfg: Any) -> None:
                             "resume with the same experiment file and --set values")
 
 
-def _sync_dir(run_dir: Path) -> Path:
-    """Under DDP every rank uses rank 0's folder name."""
+def _on_rank0(fn: Any) -> Any:
+    """``fn()`` run by rank 0 alone; its result (or its UserError line) on every rank. Under DDP the
+    run folder is chosen and checked once: another rank checking ``--out`` for files after rank 0
+    has started writing there would refuse the run."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        obj = [str(run_dir)]
-        dist.broadcast_object_list(obj, src=0)
-        return Path(obj[0])
-    return run_dir
+    if not (dist.is_available() and dist.is_initialized()):
+        return fn()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", fn())]
+        except UserError as e:
+            box = [("error", str(e))]
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)
         return 130
+    except OSError as e:  # a fault of the disk or the system outside xkd.io's writers: one line too
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        code = f" [errno {e.errno}]" if e.errno else ""
+        print(f"error:{where}: {e.strerror or e}{code}; what was complete is kept: fix the cause, "
+              "then continue with --resume", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -124,10 +141,20 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.check:
         print(f"{args.experiment}: ok")
         return 0
-    init_distributed()
-    run_dir = _sync_dir(_choose_dir(cfg, args))
-    if args.resume:
-        _check_resume_config(run_dir, cfg)
+    init_distributed(timeout_s=round(cfg.distributed.timeout_minutes * 60))
+
+    def choose() -> Path:  # the folder is resolved and shown in full before anything is written
+        from xkd.runfolder import run_state
+
+        run_dir = _choose_dir(cfg, args)
+        if args.resume:
+            _check_resume_config(run_dir, cfg)
+            print(f"[xkd] run folder: {run_dir} (resuming a run that is {run_state(run_dir)})", flush=True)
+        else:
+            print(f"[xkd] run folder: {run_dir}", flush=True)
+        return run_dir
+
+    run_dir = _on_rank0(choose)
     from xkd.pipeline.session import run_session
 
     summary = run_session(cfg, run_dir, resume=args.resume, smoke=args.smoke,

@@ -34,6 +34,7 @@ from torch import nn
 
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
 from xkd.distill.kd import require_classification
+from xkd.engine.ranks import all_gather_rows
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel
 
@@ -96,6 +97,14 @@ class TargetCache(nn.Module):
         self.register_buffer("q", torch.zeros(size, num_classes))
         self.register_buffer("made", torch.full((size,), -(1 << 30), dtype=torch.long))
 
+    @torch.no_grad()
+    def store(self, index: torch.Tensor, q: torch.Tensor, epoch: int) -> None:
+        """Keep ``q`` for ``index``, made at ``epoch``. Called on every step by every rank: under DDP
+        the rows of all ranks are gathered and stored on each, so every rank holds the union."""
+        for idx, rows in zip(*all_gather_rows(index, q.to(self.q.dtype))):
+            self.q[idx] = rows
+            self.made[idx] = epoch
+
 
 @METHODS.register("introspective", params=IntrospectiveParams, needs_teacher=False,
                   tasks=("classification",))
@@ -147,10 +156,10 @@ class IntrospectiveDistiller(Distiller):
             raise UserError(f"{self.where}: batch index {int(idx.max())} is outside the training split "
                             f"({self.cache.q.shape[0]} samples)")
         stale = (epoch - self.cache.made[idx]) >= self.params.refresh_every
-        if bool(stale.any()):
-            s = stale.nonzero().view(-1)
-            self.cache.q[idx[s]] = self.explain_targets(x[s], logits[s], y[s])
-            self.cache.made[idx[s]] = epoch
+        s = stale.nonzero().view(-1)
+        fresh = (self.explain_targets(x[s], logits[s], y[s]) if len(s)
+                 else self.cache.q.new_zeros(0, self.num_classes))
+        self.cache.store(idx[s], fresh, epoch)  # every step: a collective under DDP
         return self.cache.q[idx].clone()
 
     def forward(self, batch: dict[str, torch.Tensor], epoch: int) -> StepOutput:

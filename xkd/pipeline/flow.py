@@ -15,6 +15,7 @@ from xkd import io
 from xkd.config import ExperimentConfig
 from xkd.distill import Distiller
 from xkd.engine import environment_info, init_distributed, is_main_process, resolve_device
+from xkd.engine.ranks import wait_for_main
 from xkd.models import FeatureModel
 from xkd.pipeline.checks import resolved_dict
 from xkd.pipeline.context import RunContext
@@ -29,8 +30,12 @@ from xkd.runfolder import RunFolder
 
 def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: bool, smoke: bool,
                  argv: list[str], log: Any = print) -> dict[str, Any]:
-    """Run the whole flow for one seed into ``run_dir``; returns the summary dict."""
-    init_distributed()
+    """Run the whole flow for one seed into ``run_dir``; returns the summary dict.
+
+    Under DDP every rank trains; rank 0 alone then evaluates, exports, reports and writes, while
+    the other ranks wait for it (:func:`xkd.engine.ranks.wait_for_main`) and return ``{}``: they
+    hold no summary, and nothing downstream may read one from them."""
+    init_distributed(timeout_s=round(cfg.distributed.timeout_minutes * 60))
     device = resolve_device(cfg.device)
     folder = RunFolder(run_dir)
     ctx = RunContext(cfg, seed, folder, device, resume=resume, smoke=smoke, log=log)
@@ -54,6 +59,7 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
         student, d, info = train_student(ctx, i, teacher, named)
         models[sc.name], distillers[sc.name], infos[sc.name] = student, d, {"role": "student", **info}
     if not is_main_process():
+        wait_for_main(f"seed {seed} (evaluation, explanations, report)")
         return {}
     results = evaluate_models(ctx, models)
     multimodal_metrics(ctx, models, results)
@@ -73,6 +79,7 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
     if cfg.report.enabled:
         _report(folder, log, device)
     io.write_json(folder.summary, summary)
+    wait_for_main(f"seed {seed} (evaluation, explanations, report)")
     return summary
 
 

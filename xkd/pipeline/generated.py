@@ -6,7 +6,9 @@ reused) and the cDR-RS density-ratio model is fitted in the configured feature s
 Each student then gets a processed fake set (rejection-sampled, teacher-filtered, relabelled for
 regression; M2, 5.4) cached per setting as ``RUN/cgan/fake_<key>.npz``, and trains on real + fake
 (M3, 5.5), optionally fine-tuned from an earlier student's best checkpoint. Stage seconds (GAN,
-ratio fit, sampling, filtering) go into the student's metrics.json.
+ratio fit, sampling, filtering) go into the student's metrics.json. Under DDP only rank 0 trains
+the GAN and writes ``RUN/cgan/``; the other ranks wait (:func:`xkd.engine.ranks.wait_for_main`,
+at most ``distributed.timeout_minutes``) and load the stored fake set, which every rank trains on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from xkd.pipeline.generated_checks import gan_config, subsample_config
 from xkd.pipeline.generated_process import features, process_fakes, ratio_labels
 from xkd.data.base import DataBundle
 from xkd.data.label_scaling import training_split
+from xkd.engine.distributed import is_main_process
+from xkd.engine.ranks import wait_for_main
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel
 
@@ -140,11 +144,12 @@ def fake_training_set(ctx: "RunContext", i: int, p: Any, teacher: FeatureModel |
         if teacher is None:
             raise UserError(f"{where}: cgan_kd needs a teacher to filter the fakes")
         path = ctx.folder.root / "cgan" / f"fake_{fake_key(p, ctx)}.npz"
-        if path.is_file():
-            images, labels, meta = load_fake_set(path, bundle, f"{where} cache {path.name}")
-        else:
+        if not path.is_file() and is_main_process():  # only rank 0 trains the GAN and writes
             images, labels, meta = build_fake_set(ctx, p, teacher, bundle)
             save_fake_set(path, images, labels, bundle, meta)
+        wait_for_main(f"the cGAN stage ({path.parent / path.name})")
+        # every rank (and a resumed run) trains on the same stored fakes
+        images, labels, meta = load_fake_set(path, bundle, f"{where} cache {path.name}")
     fake = FakeSplit(images, labels, offset=len(bundle.train))
     data = ConcatDataset([RealOnly(bundle.train), fake])
     keys = ("gan_seconds", "ratio_fit_seconds", "sampling_seconds", "filtering_seconds",

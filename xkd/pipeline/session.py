@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +14,40 @@ from xkd import io
 from xkd.config import ExperimentConfig
 from xkd.pipeline.checks import resolved_dict
 from xkd.errors import UserError
-from xkd.runfolder import RunFolder
+from xkd.runfolder import RunFolder, describe_writer, heartbeat, lock_run, read_status, write_status
 
 
 def _status(run_dir: Path, state: str, **extra: Any) -> None:
     from xkd.engine import is_main_process
 
     if is_main_process():
-        io.write_json(run_dir / "status.json", {"state": state, "time": time.time(), **extra})
+        if state == "failed":  # the failure's own line matters more than a status a full disk refuses
+            with contextlib.suppress(UserError, OSError):
+                write_status(run_dir, state, **extra)
+        else:
+            write_status(run_dir, state, **extra)
 
 
 def run_session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bool,
                 argv: list[str], log: Any = print) -> dict[str, Any]:
-    """Run the experiment into ``run_dir``; returns the (aggregate) summary."""
+    """Run the experiment into ``run_dir``; returns the (aggregate) summary on rank 0 (``{}`` on
+    the other ranks of a ``torchrun`` launch, which write nothing). Rank 0 holds the folder's
+    one-writer lock and keeps ``status.json``'s heartbeat fresh for the whole run."""
+    from xkd.engine import is_main_process
+
+    if not is_main_process():
+        return _session(cfg, run_dir, resume=resume, smoke=smoke, argv=argv, log=log)
+    with lock_run(run_dir):
+        old = read_status(run_dir) or {}
+        if old.get("state") == "running" and old.get("pid") is not None:
+            log(f"[xkd] the run's last writer ({describe_writer(old)}) was interrupted; taking the "
+                "run folder over")
+        with heartbeat(run_dir):
+            return _session(cfg, run_dir, resume=resume, smoke=smoke, argv=argv, log=log)
+
+
+def _session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bool,
+             argv: list[str], log: Any = print) -> dict[str, Any]:
     from xkd.pipeline.flow import aggregate_seeds, run_one_seed
 
     _status(run_dir, "running")
@@ -46,15 +67,19 @@ def run_session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bo
                     continue
                 log(f"[xkd] seed {seed}")
                 per_seed.append(run_one_seed(cfg, seed, sub, resume=resume, smoke=smoke, argv=argv, log=log))
-            summary = {"name": cfg.name, "seeds": list(cfg.seeds), "smoke": smoke,
-                       "rows": aggregate_seeds(per_seed), "per_seed": per_seed,
-                       "task": per_seed[0].get("task"), "test_sets": per_seed[0].get("test_sets")}
+            summary = {}  # the other ranks hold no per-seed summaries: rank 0 alone aggregates
             if is_main_process():
+                summary = {"name": cfg.name, "seeds": list(cfg.seeds), "smoke": smoke,
+                           "rows": aggregate_seeds(per_seed), "per_seed": per_seed,
+                           "task": per_seed[0].get("task"), "test_sets": per_seed[0].get("test_sets")}
                 if cfg.report.enabled:
                     from xkd.report import build_seed_report
 
                     build_seed_report(run_dir, log=log)
                 io.write_json(run_dir / "summary.json", summary)
+            from xkd.engine.ranks import wait_for_main
+
+            wait_for_main("the multi-seed summary and report")
     except UserError as e:
         _status(run_dir, "failed", error=str(e))
         raise

@@ -2,7 +2,8 @@
 
 * :class:`MemoryBank`: M_s, M_t ∈ R^{N×d} (N = training-set size), initialised uniformly in
   ±1/√(d/3); after each step M[i] ← N(m·M[i] + (1 − m)·e[i]) with m = 0.9 for the batch's
-  dataset indices i. The banks store the pre-GNN embeddings.
+  dataset indices i. The banks store the pre-GNN embeddings. Under DDP the rows of every rank
+  are all-gathered and applied on each rank (:func:`xkd.engine.ranks.all_gather_rows`).
 * :func:`sample_negatives`: for each anchor, K training indices drawn uniformly from the samples
   of *other* classes (never the anchor's own), without replacement unless the pool is smaller
   than K.
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from xkd.engine.ranks import all_gather_rows
 from xkd.errors import UserError
 
 
@@ -36,10 +38,15 @@ class MemoryBank(nn.Module):
 
     @torch.no_grad()
     def update(self, index: torch.Tensor, e_s: torch.Tensor, e_t: torch.Tensor) -> None:
-        """M[i] ← N(m·M[i] + (1 − m)·e[i]) for both banks."""
+        """M[i] ← N(m·M[i] + (1 − m)·e[i]) for both banks. Under DDP every rank applies the rows of
+        every rank (gathered, in rank order), so the banks stay equal to the union of the updates."""
+        for idx, s, t in zip(*all_gather_rows(index, e_s.detach(), e_t.detach())):
+            self._apply_rows(idx, s, t)
+
+    def _apply_rows(self, index: torch.Tensor, e_s: torch.Tensor, e_t: torch.Tensor) -> None:
         m = self.momentum
         for bank, e in ((self.student, e_s), (self.teacher, e_t)):
-            new = F.normalize(m * bank[index] + (1.0 - m) * e.detach().to(bank.dtype), dim=1)
+            new = F.normalize(m * bank[index] + (1.0 - m) * e.to(bank.dtype), dim=1)
             bank.index_copy_(0, index, new)
 
 
