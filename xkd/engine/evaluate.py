@@ -16,8 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 
-def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0, pin: bool = False) -> DataLoader:
+    """In-order batches; ``pin``: page-locked host memory, so the copies to a GPU overlap."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin)
 
 
 @torch.no_grad()
@@ -31,7 +33,7 @@ def collect(model: nn.Module, dataset: Dataset, device: torch.device | str,
     model.eval()
     outs, labels = [], []
     try:
-        for batch in _loader(dataset, batch_size, num_workers):
+        for batch in _loader(dataset, batch_size, num_workers, device.type == "cuda"):
             outs.append(output(model, batch[input_key].to(device, non_blocking=True)).detach().float().cpu())
             labels.append(batch["label"].cpu())
     finally:

@@ -159,7 +159,8 @@ def _fill(path: Path, layout: B.Layout, blocks: list[int], check: bool, teacher:
                 owner.append(k)
         if not batches:
             return 0
-        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                            pin_memory=torch.device(device).type == "cuda")
         bar = tqdm(total=sum(len(b) for b in batches), disable=not progress, leave=False, unit="map",
                    desc=f"saliency cache ({explainer.method})")
         parts: list[np.ndarray] = []
