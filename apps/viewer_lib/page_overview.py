@@ -24,6 +24,11 @@ def status_banner(run: dict[str, Any]) -> None:
         st.success(f"Run `{run['name']}` is complete.")
     elif state == "running":
         st.info(f"Run `{run['name']}` is still running: showing what it has written so far.")
+    elif state == "interrupted":
+        s = run["status"]
+        st.warning(f"Run `{run['name']}` was interrupted: its writer (pid {s.get('pid', '?')} on "
+                   f"{s.get('host', '?')}) is gone without finishing. Showing what it wrote; continue "
+                   f"it with `python -m xkd.run EXPERIMENT --resume --out {run['path']}`.")
     elif state == "failed":
         st.error(f"Run `{run['name']}` failed: {run['status'].get('error', 'no reason recorded')}")
     else:

@@ -117,10 +117,20 @@ def _student_params(config: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
 def load_run(path: str, version: float) -> dict[str, Any]:
     """Everything small about one run: status, summary, config, per-model metrics and history,
-    the explanations index, the seed sub-runs, and a list of what is missing."""
+    the explanations index, the seed sub-runs, and a list of what is missing. ``state`` is
+    checked live (not cached): a run whose writer died says ``interrupted``, not ``running``."""
+    from xkd.runfolder import run_state
+
+    run = _load_run(path, version)
+    if run["status"]:
+        run["state"] = run_state(path, run["status"])
+    return run
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _load_run(path: str, version: float) -> dict[str, Any]:
     p = Path(path)
     status = read_json(p / "status.json")
     summary = read_json(p / "summary.json")
@@ -183,6 +193,8 @@ def no_explanations(run: dict[str, Any]) -> str:
         return "the run is still training; explanations/ is written when training ends"
     if run["state"] == "failed":
         return "the run failed before exporting explanations"
+    if run["state"] == "interrupted":
+        return "the run was interrupted before exporting explanations; continue it with --resume"
     if (Path(run["path"]) / "explanations" / "video_index.json").is_file():
         return ("this multi-modal run exports per-frame video explanations instead (frame strips in "
                 "the Sample explorer)")
