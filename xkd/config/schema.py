@@ -81,6 +81,10 @@ class TrainConfig(Strict):
                                 "(faster tensor-core convolutions under AMP); ignored on CPU")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on batches per epoch")
     grad_clip: float | None = Field(None, gt=0)
+    diverge_factor: float | None = Field(
+        1e3, gt=1, description="divergence guard for finite blow-ups: the run stops with an error "
+        "(keeping the last good checkpoint) when an epoch's mean training loss exceeds this multiple "
+        "of the first step's loss (taken as at least 1e-3); null turns the guard off")
     eval_every: int = Field(1, ge=1)
     select_metric: Literal["val_acc", "val_loss", "val_mae"] | None = Field(
         None, description="checkpoint selection for best.pt; null = val_acc (classification) or "
@@ -194,10 +198,6 @@ class OutputConfig(Strict):
     run_name: str | None = Field(None, description="folder name; default <name>-<timestamp>")
 
 
-class CGANSection(Strict):
-    """cGAN-KD (Ding et al. 2023; issue 8): the conditional GAN trained once per seed into
-    ``RUN/cgan/`` and the cDR-RS ratio model; ``cgan_kd`` students draw processed fakes from it.
-    ``gan`` and ``subsample`` are validated against ``xkd.gan.config.GANConfig`` and
 class DistributedConfig(Strict):
     """Settings of a ``torchrun`` launch (DDP)."""
 
@@ -205,6 +205,10 @@ class DistributedConfig(Strict):
                                    "collective (barrier, broadcast) may wait before the job fails")
 
 
+class CGANSection(Strict):
+    """cGAN-KD (Ding et al. 2023; issue 8): the conditional GAN trained once per seed into
+    ``RUN/cgan/`` and the cDR-RS ratio model; ``cgan_kd`` students draw processed fakes from it.
+    ``gan`` and ``subsample`` are validated against ``xkd.gan.config.GANConfig`` and
     ``SubsampleConfig`` (``subsample.enabled`` is set per student by ``cgan_kd``'s ``subsample``)."""
 
     gan: dict[str, Any] = Field(default_factory=dict, description="GANConfig fields")
@@ -231,11 +235,11 @@ class ExperimentConfig(Strict):
     report: ReportConfig = Field(default_factory=ReportConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cgan: CGANSection | None = Field(None, description="cGAN-KD GAN stage (needed by cgan_kd students)")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @field_validator("students")
     @classmethod
     def _unique_names(cls, v: list[StudentConfig]) -> list[StudentConfig]:
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
         seen: set[str] = set()
         for s in v:
             if s.name == "teacher" or s.name.startswith("control_"):

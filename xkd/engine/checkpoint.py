@@ -103,9 +103,10 @@ def save_last(path: Path, *, distiller: nn.Module, optimizer: torch.optim.Optimi
               scheduler: Any, scaler: Any, epoch: int, step: int, seed: int, best_metric: float | None,
               best_epoch: int, last_val: dict[str, float], seconds: float, complete: bool,
               train_config: dict[str, Any], metric_name: str,
-              extra_optimizers: list[Any] | None = None) -> None:
+              extra_optimizers: list[Any] | None = None, first_loss: float | None = None) -> None:
     """``extra_optimizers``: the separately declared optimisers
-    (:class:`xkd.engine.optim.ExtraOptimizer`), stored by name under ``extra_optimizers``."""
+    (:class:`xkd.engine.optim.ExtraOptimizer`), stored by name under ``extra_optimizers``;
+    ``first_loss``: the first step's loss, the reference of the divergence guard."""
     torch_save(path, {
         "format_version": FORMAT_VERSION,
         "kind": "last",
@@ -127,4 +128,5 @@ def save_last(path: Path, *, distiller: nn.Module, optimizer: torch.optim.Optimi
         "seconds": float(seconds),
         "complete": bool(complete),
         "train_config": train_config,
+        "first_loss": None if first_loss is None else float(first_loss),
     })

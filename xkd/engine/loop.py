@@ -65,6 +65,7 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
     n, hits = 0, 0.0
     opts = [opt] + [e.optimizer for e in extra]
     scheds = [sched] + [e.scheduler for e in extra]
+    first: float | None = None
     params = [[p for g in o.param_groups for p in g["params"]] for o in opts]
     show = D.is_main_process() and sys.stderr.isatty() and not os.environ.get("XKD_NO_PROGRESS")
     for i, batch in enumerate(tqdm(loader, total=n_steps, desc=bar_desc, disable=not show, leave=False)):
@@ -98,6 +99,8 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
         for o in opts:
             o.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
+        if first is None:
+            first = float(vals.sum())
         for o, ps in zip(opts, params):
             if o is not opt and all(p.grad is None for p in ps):
                 continue  # an extra optimiser whose parameters no loss reached this step
@@ -120,7 +123,7 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
             hits += float((logits.reshape(bs, -1)[:, 0] - batch["label"].float()).abs().sum())
         for k, v in out.logs.items():
             log_sums[k] = log_sums.get(k, 0.0) + float(v) * bs
-    return {"names": names, "sums": sums, "log_sums": log_sums, "n": n, "hits": hits}
+    return {"names": names, "sums": sums, "log_sums": log_sums, "n": n, "hits": hits, "first_loss": first}
 
 
 def reduce_stats(stats: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from xkd.engine.loop import epoch_batches, reduce_stats, train_epoch
 from xkd.engine.precision import resolve_precision, to_channels_last
 from xkd.errors import ConfigError, TrainingDiverged, UserError
 from xkd.io import append_jsonl, read_jsonl, write_text
+from xkd.runfolder import beat
 
 if TYPE_CHECKING:
     from xkd.distill.base import Distiller
@@ -83,15 +84,32 @@ def _validate(distiller: "Distiller", val_set: Dataset | None, device: torch.dev
     return D.broadcast_object(val)
 
 
-def _history_until(path: Path, epoch: int) -> list[dict[str, Any]]:
-    """Rows with ``epoch <= epoch``, one per epoch (the file is rewritten without later rows)."""
+def _history_until(path: Path, epoch: int, warn: Callable[[str], Any]) -> list[dict[str, Any]]:
+    """Rows with ``epoch <= epoch``, one per epoch (the file is rewritten without later rows and
+    without a torn last line, which ``warn`` mentions)."""
     rows: dict[int, dict[str, Any]] = {}
-    for r in read_jsonl(path):
+    for r in read_jsonl(path, warn=warn):
         if int(r.get("epoch", 0)) <= epoch:
             rows[int(r["epoch"])] = r
     kept = [rows[k] for k in sorted(rows)]
     write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
     return kept
+
+
+def _best_behind_last(best_path: Path, ckpt: dict[str, Any]) -> bool:
+    """Whether ``last.pt`` says its own epoch was the best but ``best.pt`` does not hold it (a run
+    stopped between writing the two): the weights in ``last.pt`` are then the best ones."""
+    if ckpt["best_epoch"] != ckpt["epoch"]:
+        return False
+    try:
+        return ck.read_checkpoint(best_path).get("epoch") != ckpt["epoch"]
+    except UserError:
+        return True
+
+
+def _blown_up(loss: float, first: float | None, factor: float | None) -> bool:
+    """A finite blow-up: the epoch's mean loss beyond ``factor`` x the first step's loss."""
+    return factor is not None and first is not None and abs(loss) > factor * max(abs(first), 1e-3)
 
 
 def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
@@ -130,8 +148,10 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
             distiller.to(device)
             distiller.trainable_modules().load_state_dict(ckpt["trainable"])
             say(f"{desc}: already trained ({ckpt['epoch']} epochs), using {last_path}")
+            if main and _best_behind_last(best_path, ckpt):
+                ck.save_best(best_path, distiller, metric_name, ckpt["best_metric"], ckpt["epoch"])
             return FitResult(ckpt["best_metric"], ckpt["best_epoch"], ckpt["epoch"], ckpt["last_val"],
-                             ckpt["seconds"], read_jsonl(hist_path), metric_name, True)
+                             ckpt["seconds"], read_jsonl(hist_path, warn=say), metric_name, True)
 
     distiller.to(device)  # the teacher moves with it (Distiller._apply)
     n_batches = len(epoch_batches(len(train_set), cfg.batch_size, seed, 1, train_set))
@@ -148,6 +168,7 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         say(f"{desc}: precision {prec.describe()}")
 
     start, step, best, best_epoch, last_val, spent = 0, 0, None, 0, {}, 0.0
+    first_loss: float | None = None  # the first step's loss: the divergence guard's reference
     history: list[dict[str, Any]] = []
     if ckpt is not None:
         try:
@@ -175,8 +196,11 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         ck.set_rng_state(ckpt["rng"])
         start, step, best, best_epoch = ckpt["epoch"], ckpt["step"], ckpt["best_metric"], ckpt["best_epoch"]
         last_val, spent = dict(ckpt["last_val"]), ckpt["seconds"]
+        first_loss = ckpt.get("first_loss")
         if main:
-            history = _history_until(hist_path, start)
+            history = _history_until(hist_path, start, say)
+            if _best_behind_last(best_path, ckpt):  # stopped between last.pt and best.pt
+                ck.save_best(best_path, distiller, metric_name, best, start)
         say(f"{desc}: resuming after epoch {start} from {last_path}")
     elif main:
         for p in (last_path, best_path, hist_path):
@@ -212,6 +236,12 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         if not all(torch.isfinite(p).all() for p in distiller.trainable_modules().parameters()):
             raise bad(len(batches), "parameters became NaN/inf")
         agg = reduce_stats(stats)
+        if first_loss is None:
+            first_loss = D.broadcast_object(stats.get("first_loss"))
+        if _blown_up(agg["loss"], first_loss, cfg.diverge_factor):
+            raise bad(len(batches), f"the mean training loss {agg['loss']:.4g} exceeds "
+                                    f"train.diverge_factor ({cfg.diverge_factor:g}) x the first step's "
+                                    f"loss {first_loss:.4g}")
         row: dict[str, Any] = {"epoch": epoch, "step": step, "lr": lr, "loss": agg["loss"],
                                "losses": agg["losses"]}
         row["train_acc" if task == "classification" else "train_mae"] = agg["hits"]
@@ -235,14 +265,15 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         complete = epoch == cfg.epochs
         if main:
             append_jsonl(hist_path, row)
-            if improved:
-                ck.save_best(best_path, distiller, metric_name, best, epoch)
             ck.save_last(last_path, distiller=distiller, optimizer=opt, scheduler=sched,
                          scaler=scaler if prec.scaler else None, epoch=epoch, step=step, seed=seed,
                          best_metric=best, best_epoch=best_epoch, last_val=last_val, seconds=spent,
                          complete=complete, train_config=train_cfg, metric_name=metric_name,
-                         extra_optimizers=extra)
+                         extra_optimizers=extra, first_loss=first_loss)
+            if improved:  # after last.pt: a stop in between is repaired on resume (_best_behind_last)
+                ck.save_best(best_path, distiller, metric_name, best, epoch)
             history.append({"format_version": FORMAT_VERSION, **row})
+            beat()
         D.barrier()
         say(_line(desc, row, cfg.epochs))
         if on_epoch_end is not None:
