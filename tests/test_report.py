@@ -153,6 +153,104 @@ def test_cli_recomputes_a_subset_from_the_checkpoints_without_retraining(copy_ru
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
+def _csv_values(path: Path) -> np.ndarray:
+    with open(path) as f:
+        f.readline()
+        return np.array([float(line.split(",")[2]) for line in f])
+
+
+@pytest.mark.parametrize("explainer", ["saliency", "gradcam"])
+def test_students_faithfulness_is_scored_for_their_own_top1(run_dir: Path, explainer: str) -> None:
+    """Where a student disagrees with its teacher, its deletion score is the deletion of its own
+    top-1 on its map for that class (DESIGN 7), recomputed here from the saved checkpoint."""
+    from xkd.config import ExplainConfig
+    from xkd.explain import build_from_config
+    from xkd.metrics.faithfulness import deletion
+
+    from xkd.data import build_data
+
+    data = load_run(run_dir)
+    k = 16  # the report's perturbation samples (PERTURBATION_SAMPLES), the whole subset here
+    x = torch.from_numpy(data.inputs["images"][:k])  # float16-rounded, as the report reads them
+    bundle = build_data(data.cfg.data, data.cfg.seed)  # the exact float32 images the export explained
+    x32 = torch.stack([bundle.test[int(i)]["image"] for i in data.inputs["indices"][:k]])
+    teacher_top1 = data.arrays["teacher"]["logits"][:k].argmax(1)
+    checked = 0
+    for name in ("ce", "reviewkd"):
+        model = data.model(name)
+        with torch.no_grad():
+            own = model(x32).argmax(1).numpy()  # the saved student's own top-1, from its checkpoint
+        differ = np.flatnonzero(own != teacher_top1)
+        checked += len(differ)
+        arrs = np.load(run_dir / "explanations" / f"student_{name}.npz")
+        assert np.array_equal(arrs["own_target"][:k], own)
+        assert np.array_equal(arrs["target"][:k], teacher_top1)  # alignment keeps the teacher's class
+        # the stored own-class map is the explainer's map for the student's own top-1 (float16)
+        fresh = build_from_config(ExplainConfig(method=explainer), model).explain(x32, torch.from_numpy(own))
+        np.testing.assert_allclose(arrs[f"own_map_{explainer}"][:k].astype(np.float32), fresh.numpy(),
+                                   atol=1e-3, rtol=1e-3)
+        # target=None: the metric's own default, the model's top-1 on the clean image (RISE)
+        ref = deletion(model, x, torch.from_numpy(arrs[f"own_map_{explainer}"][:k].astype(np.float32)),
+                       None, steps=16, baseline="zero").values.numpy()
+        got = _csv_values(run_dir / "metrics" / f"deletion__{name}__{explainer}.csv")
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+        if len(differ):  # the teacher's class gives other numbers on exactly those samples
+            old = deletion(model, x, torch.from_numpy(arrs[f"map_{explainer}"][:k].astype(np.float32)),
+                           torch.from_numpy(teacher_top1), steps=16, baseline="zero").values.numpy()
+            assert not np.allclose(old[differ], got[differ])
+            same = np.setdiff1d(np.arange(k), differ)
+            np.testing.assert_allclose(old[same], got[same], rtol=1e-5, atol=1e-6)
+    assert checked >= 1, "the fixture's students agree with the teacher everywhere; nothing was tested"
+
+
+def test_report_names_the_class_rule_of_every_metric_table(run_dir: Path) -> None:
+    agg = _agg(run_dir)
+    assert agg["target_rule"] == "teacher_top1" and agg["faithfulness_target_rule"] == "predicted"
+    by_cat = {}
+    for r in agg["results"]:
+        if r["category"] != "prediction":
+            by_cat.setdefault(r["category"], set()).add(r["class_rule"])
+    assert by_cat == {"faithfulness": {"predicted"}, "localisation": {"predicted"}, "sanity": {"predicted"},
+                      "alignment": {"teacher_top1"}}
+    md = (run_dir / "report" / "report.md").read_text()
+    html = (run_dir / "report" / "report.html").read_text()
+    own = "each model's own top-1 class on the clean image"
+    teach = "the teacher's top-1 class on the clean image, for teacher and student alike"
+    for title, text in (("## Faithfulness", own), ("## Localisation", own), ("## Sanity check", own),
+                        ("## Teacher-student alignment", teach)):
+        section = md.split(title)[1].split("\n## ")[0]
+        line = next(li for li in section.splitlines() if li.startswith("Class explained and scored:"))
+        assert text in line, (title, line)
+        assert "`deletion`" in line if title == "## Faithfulness" else True
+        assert "`cosine`" in line if title == "## Teacher-student alignment" else True
+    import html as H
+
+    assert html.count("Class explained and scored:") == 4 and H.escape(own) in html and H.escape(teach) in html
+
+
+def test_a_run_exported_before_per_model_classes_still_reports_and_says_so(copy_run: Path) -> None:
+    ex = copy_run / "explanations"
+    index = io.read_json(ex / "index.json")
+    for key in ("faithfulness_target_rule", "explanations_version"):
+        index.pop(key)
+    io.write_json(ex / "index.json", index)
+    for entry in index["models"].values():
+        arrs = dict(np.load(ex / entry["file"]))
+        io.save_npz(ex / entry["file"], **{k: v for k, v in arrs.items() if not k.startswith("own_")})
+    build_report(copy_run, metrics=["deletion", "cosine"], log=lambda *_: None, figures=False)
+    agg = _agg(copy_run)
+    assert {r["class_rule"] for r in agg["results"]} == {"teacher_top1"}
+    arrs = np.load(ex / "student_ce.npz")
+    x = torch.from_numpy(np.load(ex / "inputs.npz")["images"][:16].astype(np.float32))
+    from xkd.metrics.faithfulness import deletion
+
+    ref = deletion(load_run(copy_run).model("ce"), x, torch.from_numpy(arrs["map_gradcam"][:16].astype(np.float32)),
+                   torch.from_numpy(arrs["target"][:16]), steps=16, baseline="zero").values.numpy()
+    np.testing.assert_allclose(_csv_values(copy_run / "metrics" / "deletion__ce__gradcam.csv"), ref,
+                               rtol=1e-5, atol=1e-6)
+    assert "exported before per-model classes" in (copy_run / "report" / "report.md").read_text()
+
+
 def test_students_are_rebuilt_from_their_best_checkpoint(run_dir: Path) -> None:
     data = load_run(run_dir)
     x = torch.from_numpy(data.inputs["images"])

@@ -186,6 +186,10 @@ class EvaluateConfig(Strict):
 
 
 class ReportConfig(Strict):
+    faithfulness_target: Literal["predicted", "label"] = Field(
+        "predicted", description="class each model is explained and scored for by faithfulness, "
+        "robustness, localisation and sanity metrics: its own top-1 ('predicted') or the label; "
+        "alignment always compares student and teacher maps for the teacher's top-1")
     enabled: bool = True
     figures: bool = True
     baseline: str | None = Field(

@@ -1,11 +1,23 @@
 """Per-stage attention and explanation export for a fixed, seeded evaluation subset (DESIGN 5).
 
 ``RUN/explanations/`` holds ``inputs.npz`` (images, display images, labels, masks, indices),
-``teacher.npz`` and ``student_<NAME>.npz`` (logits, one saliency map per explainer, ABF attention
-maps per stage, the weighting map the loss saw) and ``index.json`` describing them. Every model
-is explained for the same target: the teacher's top-1 class (e2KD's convention), or the label
-when there is no teacher; for regression, the output itself (index 0; ``prediction`` holds it in
-the labels' original units).
+``teacher.npz`` and ``student_<NAME>.npz`` (logits, saliency maps per explainer, ABF attention
+maps per stage, the weighting map the loss saw) and ``index.json`` describing them.
+
+Two classes per model (DESIGN section 7; xai_metrics.md §0.3 (1)):
+
+- ``target`` / ``map_<explainer>``: the alignment class, the same for every model: the teacher's
+  top-1 (e2KD's convention), or the label when there is no teacher (``index['target_rule']``);
+  alignment compares student and teacher maps for it, and the viewer shows these maps.
+- ``own_target`` / ``own_map_<explainer>``: the class the model itself is explained and scored
+  for by faithfulness, robustness, localisation and sanity metrics: its own top-1 (RISE's
+  convention) or the label (``evaluate.faithfulness_target``; ``index['faithfulness_target_rule']``).
+  Where it equals ``target`` the map is copied; only the samples where it differs are explained
+  again.
+
+For regression both are the output itself (index 0; ``prediction`` holds it in the labels'
+original units). ``index['explanations_version']`` is 2 (absent: a run exported before the
+per-model targets, whose maps are all for the alignment class).
 """
 
 from __future__ import annotations
@@ -25,6 +37,20 @@ from xkd.models import FeatureModel
 
 if TYPE_CHECKING:
     from xkd.pipeline.context import RunContext
+
+
+EXPLANATIONS_VERSION = 2
+"""2: per-model ``own_target`` / ``own_map_*`` beside the shared alignment ``target`` / ``map_*``."""
+
+
+def own_targets(logits: torch.Tensor, labels: torch.Tensor, rule: str) -> torch.Tensor:
+    """The class a model is explained and scored for by the faithfulness metrics: its own top-1
+    (``predicted``) or the ``label``; the output (index 0) for ``output`` (regression)."""
+    if rule == "output":
+        return torch.zeros(logits.shape[0], dtype=torch.long)
+    if rule == "label":
+        return labels.long()
+    return logits.argmax(1)
 
 
 def eval_subset(bundle: DataBundle, size: int, seed: int) -> list[int]:
@@ -79,28 +105,37 @@ def export_explanations(ctx: "RunContext", teacher: FeatureModel | None,
     io.save_npz(out / "inputs.npz", **inputs)
     with torch.no_grad():
         logits = {n: m.to(device).eval()(x).float().cpu() for n, m in models.items()}
+    own_rule = cfg.evaluate.faithfulness_target
     if regression:
         target = torch.zeros(len(idx), dtype=torch.long)
-        rule = "output"
+        rule = own_rule = "output"
     else:
         target = logits["teacher"].argmax(1) if "teacher" in logits else labels
         rule = "teacher_top1" if "teacher" in logits else "label"
     index: dict[str, Any] = {"test_set": "test", "n": len(idx), "subset_seed": cfg.evaluate.subset_seed,
-                             "target_rule": rule, "task": bundle.task,
+                             "explanations_version": EXPLANATIONS_VERSION,
+                             "target_rule": rule, "faithfulness_target_rule": own_rule, "task": bundle.task,
                              "explainers": list(cfg.evaluate.explainers), "mean": list(bundle.mean),
                              "std": list(bundle.std), "has_masks": "masks" in inputs,
                              "class_names": bundle.class_names, "models": {}}
     for name, model in models.items():
+        own = own_targets(logits[name], labels, own_rule)
         arrays: dict[str, np.ndarray] = {"logits": logits[name].numpy(),
-                                         "target": target.numpy()}
+                                         "target": target.numpy(), "own_target": own.numpy()}
         if regression:  # predictions in the labels' original units
             arrays["prediction"] = to_original(logits[name][:, 0], bundle).numpy()
+        differ = (own != target).nonzero().flatten()
         for method in cfg.evaluate.explainers:
-            arrays[f"map_{method}"] = _explain(model, method, x, target.to(device), cfg.explain.max_batch)
+            shared = _explain(model, method, x, target.to(device), cfg.explain.max_batch)
+            arrays[f"map_{method}"], arrays[f"own_map_{method}"] = shared, shared.copy()
+            if len(differ):  # explain those samples again, for the model's own class
+                arrays[f"own_map_{method}"][differ.numpy()] = _explain(
+                    model, method, x[differ.to(device)], own[differ].to(device), cfg.explain.max_batch)
         entry: dict[str, Any] = {"file": "teacher.npz" if name == "teacher" else f"student_{name}.npz",
                                  "role": "teacher" if name == "teacher" else "student",
                                  "maps": [f"map_{m}" for m in cfg.evaluate.explainers],
-                                 "attention": {}}
+                                 "own_maps": [f"own_map_{m}" for m in cfg.evaluate.explainers],
+                                 "own_differs": int(len(differ)), "attention": {}}
         d = distillers.get(name)
         if d is not None:
             d.eval()

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 from xkd import __version__, io
 from xkd.report import figures as F
-from xkd.report.compute import (CONTROL_SEED, PERTURBATION_SAMPLES, Computed, compute_metrics,
-                                select_metrics)
+from xkd.report.compute import (CONTROL_SEED, PERTURBATION_SAMPLES, Computed, class_rule_text,
+                                compute_metrics, select_metrics)
 from xkd.report.document import Document
 from xkd.report.loading import RunData, load_run
 from xkd.report.records import write_records
@@ -74,11 +74,12 @@ def provenance(doc: Document, data: RunData, comp: Computed, subset: int | None)
              f"deterministic mode: {cfg.deterministic}; AMP: {cfg.train.amp} (CUDA only)"]
     doc.items(lines)
     doc.h("Conventions", 3)
-    target = idx.get("target_rule", "teacher_top1")
     doc.items([
-        f"target class: `{target}` (every model's map, faithfulness and alignment use the class the "
-        "teacher predicts on the clean image, e2KD's convention)" if target == "teacher_top1" else
-        f"target class: `{target}`",
+        f"class explained and scored: faithfulness, robustness, localisation and sanity: "
+        f"{class_rule_text(data.faithfulness_rule)}; alignment: student and teacher maps both for "
+        f"{class_rule_text(data.alignment_rule)}; each metric table below says which"
+        + ("" if "faithfulness_target_rule" in idx else "; this run was exported before per-model "
+           "classes, so every map is for the alignment class (re-run to score each model for its own)"),
         "explainers (their defaults; channel pooling, sign and per-sample normalisation are the "
         "explainer parameters): " + "; ".join(_explainer_settings(data)),
         "output space: softmax probability of the target for deletion/insertion, AOPC and ROAD; "
@@ -99,6 +100,18 @@ def provenance(doc: Document, data: RunData, comp: Computed, subset: int | None)
         "aggregates: mean over non-NaN samples, 95% percentile-bootstrap CI, N valid samples "
         "(NaN counts shown when present)",
     ])
+
+
+def class_line(results: list[dict[str, Any]], metrics: list[str]) -> str | None:
+    """One line per metric table: the class each of its metrics explains and scores."""
+    rules: dict[str, list[str]] = {}
+    for m in metrics:
+        for r in {r.get("class_rule", "") for r in results if r["metric"] == m} - {""}:
+            rules.setdefault(r, []).append(m)
+    if not rules:
+        return None
+    return "Class explained and scored: " + "; ".join(
+        f"{', '.join(f'`{m}`' for m in ms)}: {class_rule_text(r)}" for r, ms in rules.items()) + "."
 
 
 def _figures(doc: Document, data: RunData, comp: Computed, enabled: bool) -> None:
@@ -149,6 +162,9 @@ def compose(data: RunData, comp: Computed, agg: dict[str, Any], subset: int | No
                          "colour: rank in the column, controls uncoloured", by_ex)
         if t is not None:
             doc.h(title)
+            line = class_line(res, _names(cat, agg))
+            if line:
+                doc.p(line)
             doc.table(t)
     doc.h("Figures")
     t0 = time.perf_counter()
@@ -200,7 +216,8 @@ def build_report(run_dir: str | Path, metrics: list[str] | None = None, subset: 
         header = {"run": str(root), "n_samples": data.n, "subset": subset, "device": comp.device,
                   "perturbation_samples": comp.perturbation_samples,
                   "sanity_samples": comp.sanity_samples, "reference_model": comp.reference,
-                  "control_seed": CONTROL_SEED, "target_rule": (data.index or {}).get("target_rule"),
+                  "control_seed": CONTROL_SEED, "target_rule": data.alignment_rule,
+                  "faithfulness_target_rule": data.faithfulness_rule,
                   "explainers": data.explainers, "created": time.time()}
         indices = data.inputs["indices"] if data.inputs else None
         agg = write_records(tmp / "metrics", comp, indices, data.cfg.report.bootstrap, header)

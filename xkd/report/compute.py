@@ -2,11 +2,13 @@
 
 Rows (reference/xai_metrics.md §7.2):
 
-- per (model, explainer) for the teacher and every student: faithfulness (the model's own map,
-  the stored target = teacher top-1), localisation (when masks exist), max-sensitivity (the
-  explainer rebuilt on the model);
+- per (model, explainer) for the teacher and every student: faithfulness, localisation (when
+  masks exist) and max-sensitivity (the explainer rebuilt on the model), each on the model's map
+  for its OWN class and scored for that class (its top-1, or the label with
+  ``evaluate.faithfulness_target: label``; DESIGN section 7);
 - per (student, explainer): alignment of the student's map with the teacher's map of the same
-  explainer and target; per student: prediction agreement and KL(p_T || p_S) on the eval subset;
+  explainer, both for the teacher's top-1 class; per student: prediction agreement and
+  KL(p_T || p_S) on the eval subset;
 - the cascading randomisation sanity check on the teacher, per explainer, on the first
   ``sanity_samples`` samples;
 - control rows ``control_random`` (i.i.d. U[0,1) map, seeded) and ``control_uniform`` (constant
@@ -66,6 +68,19 @@ def report_params(h: int, w: int, std: list[float] | None) -> dict[str, dict[str
     }
 
 
+CLASS_RULES = {
+    "predicted": "each model's own top-1 class on the clean image",
+    "label": "the ground-truth label",
+    "teacher_top1": "the teacher's top-1 class on the clean image, for teacher and student alike",
+    "output": "the regression output",
+}
+"""How the report words each class rule (``Row.class_rule``, ``aggregates.json`` ``class_rule``)."""
+
+
+def class_rule_text(rule: str) -> str:
+    return f"`{rule}` ({CLASS_RULES[rule]})" if rule in CLASS_RULES else f"`{rule}`"
+
+
 PERTURBATION_SAMPLES = 16
 """Default number of eval samples (the first ones) for the metrics that run a model on
 perturbed inputs (faithfulness, robustness, sanity); map-only metrics use every sample."""
@@ -100,6 +115,7 @@ class Row:
     role: str
     result: MetricResult
     seconds: float
+    class_rule: str = ""  # the class explained and scored: CLASS_RULES key ("" = none)
 
 
 @dataclass
@@ -190,7 +206,7 @@ class _Runner:
         d, dev = self.data, self.device
         self.x = torch.from_numpy(d.inputs["images"]).float().to(dev)
         self.mask = torch.from_numpy(d.inputs["masks"]).float().to(dev) if d.has_masks else None
-        self.target = torch.from_numpy(d.arrays[self.ref]["target"]).long().to(dev)
+        self.own_targets = {n: torch.from_numpy(d.own(n)).long().to(dev) for n in d.arrays}
         g = torch.Generator().manual_seed(CONTROL_SEED)
         like = torch.zeros(self.x.shape[0], 1, *self.x.shape[2:])
         self.controls = {f"{CONTROL_PREFIX}{k}": v.to(dev) for k, v in control_maps(like, g).items()}
@@ -201,7 +217,12 @@ class _Runner:
     def logits(self, model: str) -> torch.Tensor:
         return torch.from_numpy(self.data.arrays[model]["logits"]).float()
 
-    def run(self, metric: str, row: str, expl: str | None, role: str, **inputs: Any) -> None:
+    def own_map(self, model: str, explainer: str) -> torch.Tensor:
+        """The model's map for the class it is scored for (``RunData.faithfulness_rule``)."""
+        return torch.from_numpy(self.data.own(model, explainer)).float().to(self.device)
+
+    def run(self, metric: str, row: str, expl: str | None, role: str, rule: str = "",
+            **inputs: Any) -> None:
         m = METRICS.build(metric, **self.out.params.get(metric, {}))
         t0 = time.perf_counter()
         try:
@@ -214,7 +235,7 @@ class _Runner:
         except Exception as e:  # a crash (bug, out of memory) fails the report, loudly
             raise MetricFailed(metric, row, expl, e) from e
         sec = time.perf_counter() - t0
-        self.out.rows.append(Row(metric, row, expl, role, res, sec))
+        self.out.rows.append(Row(metric, row, expl, role, res, sec, rule))
         self.out.seconds[metric] = self.out.seconds.get(metric, 0.0) + sec
 
     def plan(self, metric: str) -> None:
@@ -238,13 +259,14 @@ class _Runner:
             for s in d.students:
                 self.run(metric, s, None, "student", logits=self.logits(s),
                          second_logits=self.logits("teacher"))
-        elif kind == "alignment":
+        elif kind == "alignment":  # student and teacher maps for the shared (teacher's) class
+            rule = d.alignment_rule
             for e in d.explainers:
                 tmap = self.map("teacher", e)
                 for s in d.students:
-                    self.run(metric, s, e, "student", attribution=self.map(s, e), second_map=tmap)
+                    self.run(metric, s, e, "student", rule, attribution=self.map(s, e), second_map=tmap)
                 for c, cmap in self.controls.items():
-                    self.run(metric, c, e, "control", attribution=cmap, second_map=tmap)
+                    self.run(metric, c, e, "control", rule, attribution=cmap, second_map=tmap)
         elif kind == "sanity":
             self._sanity(metric)
         else:
@@ -252,33 +274,37 @@ class _Runner:
         return None
 
     def _per_model(self, metric: str, kind: str) -> None:
-        """Faithfulness ('model'), robustness ('explainer') and localisation ('mask') rows."""
+        """Faithfulness ('model'), robustness ('explainer') and localisation ('mask') rows: each
+        model's map for, and scored on, its own class (``RunData.faithfulness_rule``); the control
+        maps on the reference model for its own class."""
         k = self.k if kind in ("model", "explainer") else self.data.n
-        base = {"x": self.x[:k], "target": self.target[:k],
-                "mask": None if self.mask is None else self.mask[:k]}
+        rule = self.data.faithfulness_rule
+        base = {"x": self.x[:k], "mask": None if self.mask is None else self.mask[:k]}
         for e in self.data.explainers:
             for name in self.data.arrays:
-                inputs = {**base, "attribution": self.map(name, e)[:k]}
+                inputs = {**base, "target": self.own_targets[name][:k],
+                          "attribution": self.own_map(name, e)[:k]}
                 if kind in ("model", "explainer"):
                     inputs["model"] = self.data.model(name).to(self.device)
                 if kind == "explainer":
                     inputs["explainer"] = _explainer_factory(e, self.data.cfg.explain.max_batch)(inputs["model"])
-                self.run(metric, name, e, "teacher" if name == "teacher" else "student", **inputs)
+                self.run(metric, name, e, "teacher" if name == "teacher" else "student", rule, **inputs)
         for c, cmap in self.controls.items():
             if kind == "explainer":
                 self.skip(metric, "a control map has no explainer to perturb", model=c)
                 continue
-            inputs = {**base, "attribution": cmap[:k]}
+            inputs = {**base, "target": self.own_targets[self.ref][:k], "attribution": cmap[:k]}
             if kind == "model":
                 inputs["model"] = self.data.model(self.ref).to(self.device)
-            self.run(metric, c, None, "control", **inputs)
+            self.run(metric, c, None, "control", rule, **inputs)
 
     def _sanity(self, metric: str) -> None:
         k = self.out.sanity_samples
         model = self.data.model(self.ref).to(self.device)
         for e in self.data.explainers:
             self.run(metric, self.ref, e, "teacher" if self.ref == "teacher" else "student",
-                     model=model, x=self.x[:k], target=self.target[:k],
+                     self.data.faithfulness_rule, model=model, x=self.x[:k],
+                     target=self.own_targets[self.ref][:k],
                      explainer_factory=_explainer_factory(e, self.data.cfg.explain.max_batch))
         for s in self.data.arrays:
             if s != self.ref:

@@ -79,6 +79,26 @@ class RunData:
     def students(self) -> list[str]:
         return [n for n in self.arrays if n != "teacher"]
 
+    @property
+    def alignment_rule(self) -> str:
+        """Class of the shared maps ``map_*`` that alignment compares (teacher_top1 or label)."""
+        return str((self.index or {}).get("target_rule", "teacher_top1"))
+
+    @property
+    def faithfulness_rule(self) -> str:
+        """Class each model is explained and scored for by the per-model metrics: ``predicted``
+        (its own top-1) or ``label``; a run exported before per-model targets (explanations
+        version 1) has only the shared maps, so its rule is the alignment rule."""
+        return str((self.index or {}).get("faithfulness_target_rule", self.alignment_rule))
+
+    def own(self, model: str, explainer: str | None = None) -> np.ndarray:
+        """The model's own-class map for ``explainer`` (its ``own_target`` when None); the
+        shared map / target for a version-1 run."""
+        a = self.arrays[model]
+        if explainer is None:
+            return a.get("own_target", a["target"])
+        return a.get(f"own_map_{explainer}", a[f"map_{explainer}"])
+
     def subset(self, n: int | None) -> None:
         """Keep the first ``n`` eval samples (all when ``n`` is None or larger)."""
         if n is None or not self.inputs:
@@ -205,11 +225,13 @@ def _load_explanations(data: RunData, index_path: Path) -> None:
             raise UserError(f"{index_path}: model '{name}' has a bad file entry {fname!r}")
         path = ex / fname
         maps = tuple(f"map_{e}" for e in index.get("explainers", []))
-        arr = read_npz(path, ("logits", "target") + maps)
+        own = tuple(f"own_map_{e}" for e in index.get("explainers", [])) + ("own_target",) \
+            if "faithfulness_target_rule" in index else ()
+        arr = read_npz(path, ("logits", "target") + maps + own)
         for k, v in arr.items():
             if v.shape[0] != n:
                 raise UserError(f"{path}: '{k}' has {v.shape[0]} samples, inputs.npz has {n}")
-            if k.startswith("map_") and tuple(v.shape[1:]) != (1, h, w):
+            if k.startswith(("map_", "own_map_")) and tuple(v.shape[1:]) != (1, h, w):
                 raise UserError(f"{path}: '{k}' has shape {v.shape}, expected ({n}, 1, {h}, {w})")
         arrays[name] = arr
     if not arrays:

@@ -93,6 +93,7 @@ def aggregate(row: Row, n_boot: int) -> dict[str, Any]:
         "metric": row.metric, "model": row.model, "explainer": row.explainer or "", "role": row.role,
         "category": meta["category"], "higher_is_better": bool(meta["higher_is_better"]),
         **stats, "seconds": round(row.seconds, 4), "file": csv_name(row),
+        "class_rule": row.class_rule,
     }
     curve = _mean_curve(row.result)
     if curve is not None:
