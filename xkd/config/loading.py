@@ -6,12 +6,14 @@ what is allowed. Registry names (datasets, models, methods, ...) are checked one
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from xkd.config.schema import ExperimentConfig
 from xkd.errors import ConfigError, UserError
@@ -33,13 +35,68 @@ def _loc_to_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _error_from_validation(e: ValidationError, prefix: str = "") -> ConfigError:
+def _section_model(tp: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``X``, ``X | None``), or None."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    if get_origin(tp) in (Union, UnionType):
+        found = [m for m in map(_section_model, get_args(tp)) if m is not None]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _section(root: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Follow ``loc`` (field names, list indices, dict keys) from ``root`` to a section's model."""
+    tp: Any = root
+    for part in loc:
+        model = _section_model(tp)
+        if model is not None:
+            if not isinstance(part, str) or part not in model.model_fields:
+                return None
+            tp = model.model_fields[part].annotation
+            continue
+        while get_origin(tp) in (Union, UnionType):  # e.g. list[X] | None
+            args = [a for a in get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return None
+            tp = args[0]
+        if get_origin(tp) in (list, tuple) and isinstance(part, int):
+            tp = get_args(tp)[0]
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        else:
+            return None
+    return _section_model(tp)
+
+
+def _unknown_key(root: type[BaseModel] | None, loc: tuple[Any, ...], path: str) -> str:
+    """'unknown key' with the section's allowed fields, and the sub-section that has the key."""
+    key = loc[-1]
+    section = _section(root, loc[:-1])
+    if section is None:
+        return f"unknown key '{key}'; check the spelling (see the documented fields of this section)"
+    msg = f"unknown key '{key}'; allowed: {', '.join(section.model_fields)}"
+    parent = path.rsplit(".", 1)[0] if "." in path else ""
+    for name, info in section.model_fields.items():
+        sub = _section(section, (name,))
+        if sub is not None and key in sub.model_fields:
+            return f"{msg} (did you mean {parent + '.' if parent else ''}{name}.{key}?)"
+    close = difflib.get_close_matches(str(key), list(section.model_fields), n=1)
+    return f"{msg} (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else msg
+
+
+def _error_from_validation(e: ValidationError, prefix: str = "",
+                           model: type[BaseModel] | None = None) -> ConfigError:
+    """The first validation error as one ConfigError line; ``model`` (the validated class) lets an
+    unknown key list its section's allowed fields."""
     err = e.errors(include_url=False)[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(
+        ("function-", "literal[", "union[", "model-"))))
     path = _loc_to_path(tuple(err["loc"]))
     path = f"{prefix}.{path}" if prefix and path else (prefix or path)
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
-        msg = "unknown key; check the spelling (see the documented fields of this section)"
+        msg = _unknown_key(model, loc, path)
     elif err["type"] == "missing":
         msg = "required field is missing"
     elif "input" in err and err["type"] != "model_type":
@@ -173,7 +230,7 @@ def parse(raw: dict[str, Any]) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise _error_from_validation(e) from None
+        raise _error_from_validation(e, model=ExperimentConfig) from None
 
 
 def load_with_overrides(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -57,7 +57,7 @@ def _params(cfg: ModelConfig, path: str) -> dict[str, Any]:
         try:
             params = entry.params.model_validate(params).model_dump()
         except ValidationError as e:
-            raise _error_from_validation(e, _field(path, "params")) from None
+            raise _error_from_validation(e, _field(path, "params"), entry.params) from None
     return params
 
 
