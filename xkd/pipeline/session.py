@@ -50,6 +50,10 @@ def _session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bool,
              argv: list[str], log: Any = print) -> dict[str, Any]:
     from xkd.pipeline.flow import aggregate_seeds, run_one_seed
 
+    if resume and RunFolder(run_dir).is_complete():  # summary.json is written last
+        log(f"[xkd] {run_dir}: run is complete; nothing to do (python -m xkd.report {run_dir} "
+            "rebuilds its report)")
+        return io.read_json(RunFolder(run_dir).summary)
     _status(run_dir, "running")
     try:
         if not cfg.seeds:
