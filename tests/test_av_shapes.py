@@ -143,21 +143,23 @@ def test_bad_params_are_one_line_config_errors(params: dict, field: str) -> None
 
 
 def test_augmentation_moves_every_frame_with_the_image_and_leaves_audio() -> None:
-    from torchvision.transforms import v2
+    from torch.utils.data import default_collate
 
-    from xkd.data import JointAugment
+    from xkd.data import BatchAugment, JointAugment
 
     b = _bundle(noise=0.0)
     assert b.train_transform is not None  # default data.augment: crop padding 4 + flip
-    flip = JointAugment(b.train, v2.RandomHorizontalFlip(p=1.0))
-    raw, out = b.train[2], flip[2]
+    flip = JointAugment(b.train, BatchAugment(size=b.image_size, padding=0, hflip=True, p=1.0))
+    raw = b.train[2]
+    out = {k: v[0] for k, v in flip.augment_batch(default_collate([flip[2]])).items()}
     assert torch.equal(out["video"], raw["video"].flip(-1)) and torch.equal(out["image"], raw["image"].flip(-1))
     assert torch.equal(out["mask"], raw["mask"].flip(-1)) and torch.equal(out["audio"], raw["audio"])
     aug = JointAugment(b.train, b.train_transform)
     torch.manual_seed(0)
+    batch = aug.augment_batch(default_collate([aug[i] for i in range(12)]))  # one batch, on its device
     shifted = 0
     for i in range(12):
-        s, r = aug[i], b.train[i]
+        s, r = {k: v[i] for k, v in batch.items()}, b.train[i]
         t = int(b.train.data["frame"][i])
         assert torch.equal(s["image"], s["video"][:, t])  # the image is still its frame
         assert s["video"].shape == r["video"].shape and torch.equal(s["audio"], r["audio"])
