@@ -199,23 +199,20 @@ class Spots(Dataset):
 
 
 def test_cached_map_follows_image_through_joint_augmentation(tmp_path):
-    from torchvision.transforms import v2
-
-    from xkd.data.transforms import JointAugment
+    from xkd.data.transforms import BatchAugment, JointAugment
 
     model, data = BrightSpot(), Spots()
     cfg = ExplainConfig(method="saliency", target="label", max_batch=4)
     cache = E.SaliencyCache.build_or_load(tmp_path, model, data, cfg, "spots", device="cpu",
                                           batch_size=4, progress=False)
     assert torch.equal(cache.batch(range(6)), (data.x[:, :1] > 0).float())  # map = the spot
-    aug = JointAugment(data, v2.Compose([v2.RandomCrop(16, padding=4, fill=0), v2.RandomHorizontalFlip(0.5)]),
-                       extras={"saliency": cache})
+    aug = JointAugment(data, BatchAugment(16, padding=4), extras={"saliency": cache})
     explainer = E.build_from_config(cfg, model)
     torch.manual_seed(11)
     moved = 0
     for _ in range(3):
         for i in range(len(data)):
-            s = aug[i]
+            s = aug.augmented(i)
             spot = (s["image"][:1] > 0).float()
             assert spot.sum() == 6  # the crop never cuts the spot off (offsets are at most 4)
             assert torch.equal(s["saliency"], spot)  # the cached map moved with its image ...

@@ -50,13 +50,15 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
                  opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler, cfg: TrainConfig,
                  device: torch.device, precision: Precision, task: str, bar_desc: str,
                  on_bad: Callable[[int, str], Exception],
-                 extra: Sequence[Any] = ()) -> dict[str, Any]:
+                 extra: Sequence[Any] = (),
+                 augment: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """One pass; returns sums over samples of each loss/log, the correct count (or abs error) and n.
 
     ``epoch0`` is the 0-indexed epoch handed to ``distiller(batch, epoch0)``. ``extra`` holds the
     separately declared optimisers (:class:`xkd.engine.optim.ExtraOptimizer`): one backward of the
     summed losses, then ``opt`` and each extra optimiser step in order (gradient clipping, when
-    set, is applied per optimiser) and every scheduler advances.
+    set, is applied per optimiser) and every scheduler advances. ``augment(batch)``, when given,
+    augments each batch on ``device`` (e.g. :meth:`xkd.data.JointAugment.augment_batch`).
     """
     model.train()
     names: list[str] = []
@@ -72,6 +74,8 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
         if i >= n_steps:
             break
         batch = to_device(batch, device)
+        if augment is not None:
+            batch = augment(batch)
         if precision.channels_last:
             batch = batch_channels_last(batch)
         with precision.context():

@@ -123,6 +123,8 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
     is complete, its final weights are loaded and the stored result returned without training). ``stop_after_epoch`` ends early after that epoch (the run
     stays resumable). Raises :class:`TrainingDiverged` on a NaN/inf loss, keeping the last good
     ``last.pt``. Under DDP (:func:`xkd.engine.init_distributed` first) only rank 0 writes files.
+    A ``train_set`` with an ``augment_batch(batch)`` method (:class:`xkd.data.JointAugment`) is
+    augmented per batch on ``device``.
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -230,7 +232,8 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         lr = float(opt.param_groups[0]["lr"])
         bad = (lambda i, what, e=epoch: _diverged(desc, e, i, what, out_dir, e - 1))
         stats = train_epoch(model, distiller, loader, len(batches), epoch - 1, opt, sched, scaler, cfg, device,
-                             prec, task, f"{desc} {epoch}/{cfg.epochs}".strip(), bad, extra)
+                             prec, task, f"{desc} {epoch}/{cfg.epochs}".strip(), bad, extra,
+                             augment=getattr(train_set, "augment_batch", None))
         step += len(batches)
         D.broadcast_buffers(distiller)
         if not all(torch.isfinite(p).all() for p in distiller.trainable_modules().parameters()):
