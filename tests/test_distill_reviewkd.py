@@ -13,8 +13,8 @@ from xkd.losses import hcl
 from xkd.errors import ConfigError, UserError
 
 
-def _ctx(size=16):
-    return DistillContext(example=torch.randn(1, 3, size, size), num_classes=5)
+def _ctx(size=16, epochs=1):
+    return DistillContext(example=torch.randn(1, 3, size, size), num_classes=5, epochs=epochs)
 
 
 def _batch(b=4, size=16, seed=0):
@@ -83,14 +83,15 @@ def test_chain_runs_deep_to_shallow_from_pooled_vector():
 def test_review_loss_uses_teacher_preact_and_student_postact():
     torch.manual_seed(0)
     teacher, student = TinyNet((8, 16, 32)), TinyNet((4, 8, 12))
-    d = build_distiller("reviewkd", student, teacher, {"review_weight": 3.0}, _ctx()).eval()
+    official = _ctx(epochs=240)  # the official CIFAR-100 schedule: default warm-up 20 epochs
+    d = build_distiller("reviewkd", student, teacher, {"review_weight": 3.0}, official).eval()
     b = _batch()
     got = d(b, 10).losses["review"]
     sf, tf = student.features(b["image"]), teacher.features(b["image"])
     outs, _ = d.abfs(sf.stages + [sf.pooled[:, :, None, None]])
     ref = sum(hcl(u, t) for u, t in zip(outs, tf.preact + [tf.pooled[:, :, None, None]]))
     assert got.item() == pytest.approx(3.0 * 0.5 * ref.item(), rel=1e-5)  # warm-up 10/20
-    dp = build_distiller("reviewkd", student, teacher, {"student_preact": True}, _ctx()).eval()
+    dp = build_distiller("reviewkd", student, teacher, {"student_preact": True}, official).eval()
     dp.abfs.load_state_dict(d.abfs.state_dict())
     outs_p, _ = dp.abfs(sf.preact + [sf.pooled[:, :, None, None]])
     ref_p = sum(hcl(u, t) for u, t in zip(outs_p, tf.preact + [tf.pooled[:, :, None, None]]))
@@ -166,3 +167,42 @@ def test_params_are_validated_with_paths():
         build_distiller("reviewkd", TinyNet(), None, {}, ctx)
     with pytest.raises(UserError, match="unknown method"):
         build_distiller("reviewKD", TinyNet(), TinyNet(), {}, ctx)
+
+
+def _warn_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+
+
+def test_a_warmup_longer_than_the_schedule_warns_once_with_the_reached_factor(capsys):
+    """warmup_epochs 20 with 10 epochs: the review weight peaks at 9/20 = 0.45 in the last epoch."""
+    torch.manual_seed(0)
+    ctx = DistillContext(example=torch.randn(1, 3, 16, 16), num_classes=5, epochs=10,
+                         extras={"path": "students[2]"})
+    d = build_distiller("reviewkd", TinyNet((4, 8, 12)), TinyNet((8, 16, 32)), {"warmup_epochs": 20}, ctx)
+    d.train()
+    factors = [d(_batch(), e).logs["review_warmup"] for e in range(10)]
+    assert max(factors) == pytest.approx(0.45)
+    lines = _warn_lines(capsys)
+    assert len(lines) == 1  # once, at build time, not per step
+    assert "students[2].params.warmup_epochs" in lines[0] and "0.45" in lines[0]
+    assert "20" in lines[0] and "10 epochs" in lines[0]
+
+
+@pytest.mark.parametrize("epochs,warmup", [(10, 9), (10, 0), (240, 20)])
+def test_a_warmup_that_reaches_full_weight_is_silent(capsys, epochs, warmup):
+    ctx = DistillContext(example=torch.randn(1, 3, 16, 16), num_classes=5, epochs=epochs)
+    d = build_distiller("reviewkd", TinyNet((4, 8, 12)), TinyNet((8, 16, 32)), {"warmup_epochs": warmup}, ctx)
+    assert d(_batch(), epochs - 1).logs["review_warmup"] == 1.0
+    assert _warn_lines(capsys) == []
+
+
+@pytest.mark.parametrize("epochs,expected", [(240, 20.0), (480, 20.0), (10, 10 / 12)])
+def test_default_warmup_is_the_reference_fraction_of_the_schedule(capsys, epochs, expected):
+    """Unset: min(20, epochs / 12), the official CIFAR-100 20 of 240 epochs; the first epoch
+    (0-indexed) stays at zero and the review term reaches full weight within the run."""
+    ctx = DistillContext(example=torch.randn(1, 3, 16, 16), num_classes=5, epochs=epochs)
+    d = build_distiller("reviewkd", TinyNet((4, 8, 12)), TinyNet((8, 16, 32)), {}, ctx)
+    assert d.warmup_epochs == pytest.approx(expected)
+    assert d(_batch(), 0).logs["review_warmup"] == 0.0
+    assert d(_batch(), epochs - 1).logs["review_warmup"] == 1.0
+    assert _warn_lines(capsys) == []

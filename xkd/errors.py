@@ -6,6 +6,9 @@ one-line message to stderr and exits with code 2, without a traceback.
 
 from __future__ import annotations
 
+import os
+import sys
+
 
 class UserError(Exception):
     """A mistake the user can fix; the message is one line naming what is wrong and how to fix it."""
@@ -41,3 +44,12 @@ class NotApplicable(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+def warn(message: str) -> None:
+    """Print ``warning: <message>`` as one line to stderr, on rank 0 only (``RANK`` of torchrun).
+
+    For settings that run but probably not as meant; the caller decides how often (e.g. once per
+    student), so a warning never repeats per step."""
+    if os.environ.get("RANK", "0") == "0":
+        print("warning: " + " ".join(str(message).split()), file=sys.stderr, flush=True)

@@ -3,7 +3,10 @@
 L = ce_weight · CE + review_weight · min(1, epoch / warmup_epochs) · Σ_j HCL(U_j, T_j)
     [+ kd_weight · T² · KL(p_t^T ‖ p_s^T)]                         (reference notes 1.2, 1.4, 1.7)
 
-with a 0-indexed epoch, so the review term is exactly zero in the first epoch. Taps (notes 1.5):
+with a 0-indexed epoch, so the review term is exactly zero in the first epoch. ``warmup_epochs``
+unset = min(20, epochs / 12): the official 20 of 240 epochs, scaled down for short schedules (a
+fixed 20 with 10 epochs would keep the weight at most 0.45 all run; set explicitly that way, a
+one-line warning says so). Taps (notes 1.5):
 teacher pre-activation stages + pooled vector; student post-activation stages (``student_preact``
 switches to pre-activation) + pooled vector. When the two models have different numbers of stages
 the deepest min(n_s, n_t) stages are paired. The ABF chain (``xkd.distill.reviewkd.abf``) is built from dry
@@ -26,7 +29,7 @@ from xkd.distill.reviewkd.abf import ReviewChain
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
 from xkd.losses import hcl, kd_loss, task_loss, warmup_factor, weighted_hcl
 from xkd.distill.reviewkd.weights import SaliencyWeighting
-from xkd.errors import UserError
+from xkd.errors import UserError, warn
 from xkd.models.base import Features, FeatureModel, describe
 
 
@@ -44,8 +47,10 @@ class ExplainerOverride(MethodParams):
 class ReviewKDParams(MethodParams):
     review_weight: float = Field(1.0, ge=0, description="λ of the review (HCL) term; the paper "
                                  "uses 0.6-8 on CIFAR (5 for most pairs), 1 on ImageNet")
-    warmup_epochs: float = Field(20.0, ge=0, description="linear warm-up of the review term "
-                                 "(0-indexed epochs; 0 = none); set it below the epoch budget")
+    warmup_epochs: float | None = Field(
+        None, ge=0, description="linear warm-up of the review term (0-indexed epochs; 0 = none); "
+        "null = min(20, epochs / 12), the official CIFAR-100 20 of 240 epochs; a value above "
+        "epochs - 1 never reaches full weight (a warning says so)")
     ce_weight: float = Field(1.0, ge=0, description="weight of the task loss (CE; MSE/L1 regression)")
     kd_weight: float = Field(0.0, ge=0, description="optional logit-KD term (off in the paper)")
     T: float = Field(4.0, gt=0, description="temperature of the optional KD term")
@@ -72,6 +77,28 @@ class ReviewKDParams(MethodParams):
                              f"stage; explainer.method must be 'gradcam' or unset, got "
                              f"'{self.explainer.method}'")
         return self
+
+
+REFERENCE_WARMUP = (20.0, 240)
+"""Official CIFAR-100 ReviewKD: warm-up 20 of 240 epochs (seed_methods.md 1.7)."""
+
+
+def resolve_warmup(warmup: float | None, epochs: int, path: str) -> float:
+    """The warm-up length in epochs: ``warmup``, or min(20, epochs / 12) when unset; warns once
+    (one line naming the field) when the review term cannot reach full weight in ``epochs``.
+
+    The factor of the last epoch (0-indexed ``epochs - 1``) is min(1, (epochs - 1) / warmup)."""
+    ref_w, ref_e = REFERENCE_WARMUP
+    w = min(ref_w, epochs * ref_w / ref_e) if warmup is None else float(warmup)
+    if w > 0 and epochs - 1 < w:
+        peak = warmup_factor(epochs - 1, w)
+        field = f"{path}.warmup_epochs"
+        what = (f"the review term is zero for the whole run ({epochs} epoch{'s' if epochs != 1 else ''}, "
+                "the first epoch has factor 0)" if peak == 0 else
+                f"the review weight reaches at most {peak:.2f} x review_weight (last epoch)")
+        warn(f"{field}: warm-up {w:g} with {epochs} epochs: {what}; set {field} to at most "
+             f"{max(epochs - 1, 0)} (0 = none) or train longer")
+    return w
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -116,6 +143,8 @@ class ReviewKDDistiller(Distiller):
         # The pipeline provides input-level saliency (cache or explainer); per-stage Grad-CAM is
         # computed here from the teacher itself.
         self.needs_saliency = p.saliency_mix > 0 and p.saliency_levels == "input"
+        self.warmup_epochs = resolve_warmup(p.warmup_epochs, context.epochs,
+                                            f"{context.extras.get('path', 'reviewkd')}.params")
 
     def _target_rule(self, context: DistillContext) -> str:
         if self.params.explainer is not None and self.params.explainer.target is not None:
@@ -174,7 +203,7 @@ class ReviewKDDistiller(Distiller):
             t_feat = self.teacher.features(x)
         s_feat = self.student.features(x)
         levels, diag = self.review_losses(batch, s_feat, t_feat)
-        warm = warmup_factor(epoch, p.warmup_epochs)
+        warm = warmup_factor(epoch, self.warmup_epochs)
         losses = {"ce": p.ce_weight * task_loss(s_feat.logits, batch["label"], self.task,
                                                 p.regression_loss),
                   "review": (p.review_weight * warm) * torch.stack(levels).sum()}
