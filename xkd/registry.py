@@ -7,6 +7,8 @@ experiment file validates its parameters with field paths.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
@@ -89,3 +91,12 @@ class Registry(Generic[T]):
             return True
         except UnknownNameError:
             return False
+
+
+def import_members(package: str) -> None:
+    """Import every public module and subpackage of ``package`` (the family's ``__init__`` calls it
+    last), so that each member registers itself and adding one is one new file."""
+    pkg = importlib.import_module(package)
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

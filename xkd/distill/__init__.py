@@ -1,4 +1,5 @@
-"""Distillation methods (DESIGN section 3.4): one file per method, each registered in ``METHODS``.
+"""Distillation methods (DESIGN section 3.4): one file (or small package) per method, each
+registered in ``METHODS`` when this package imports it (every public module is imported).
 
 ``build_distiller(method, student, teacher, params, context)`` validates ``params`` (a dict or the
 method's pydantic model) and builds the :class:`Distiller`.
@@ -12,11 +13,10 @@ from pydantic import BaseModel, ValidationError
 
 from xkd.distill.base import (METHODS, DistillContext, Distiller, MethodParams, StepOutput,
                               list_methods)
-from xkd.distill import ccl, ce, e2kd, ffsd, hkd, introspective, kd, reviewkd  # noqa: F401  (registration)
-from xkd.distill import cgan_kd  # noqa: F401,E402  (registration; wraps the methods above)
 from xkd.distill.hkd import dataset_labels
 from xkd.errors import ConfigError, UserError
 from xkd.models.base import FeatureModel
+from xkd.registry import import_members
 
 __all__ = ["METHODS", "Distiller", "StepOutput", "DistillContext", "MethodParams", "list_methods",
            "build_distiller", "dataset_labels", "validated_params"]
@@ -84,3 +84,6 @@ def build_distiller(method: str, student: FeatureModel, teacher: FeatureModel | 
         raise UserError(f"{where}.method: '{method}' supports {' and '.join(tasks)} only, but the "
                         f"dataset's task is '{context.task}'; use ce, reviewkd or cgan_kd")
     return entry.factory(student, teacher, params, context)
+
+
+import_members(__name__)  # every method registers itself

@@ -11,3 +11,7 @@ __all__ = [
     "EXPLAINERS", "TARGET_RULES", "Explainer", "build", "build_from_config", "list_explainers",
     "resolve_targets", "SaliencyCache", "load_existing", "teacher_hash", "VIDEO_METHODS", "explain_video",
 ]
+
+from xkd.registry import import_members  # noqa: E402
+
+import_members(__name__)  # a new explainer file registers itself

@@ -36,3 +36,7 @@ __all__ = [
     "randomise_layer_", "control_maps", "random_attribution", "uniform_attribution",
     "ForwardCache", "shared_forwards",
 ]
+
+from xkd.registry import import_members  # noqa: E402
+
+import_members(__name__)  # a new metric file registers itself

@@ -23,14 +23,11 @@ from pydantic import ValidationError
 
 from xkd.config import ModelConfig, _error_from_validation
 from xkd.errors import ConfigError
-from xkd.models import (  # noqa: F401 (registration)
-    cifar_resnet, mobilenetv2, mobilenetv2_kd, resnet_bottleneck, shufflenetv1, shufflenetv2,
-    torchvision_adapter, video, vgg, wrn,
-)
 from xkd.models.base import MODELS, FeatureModel, Features, StageInfo, describe, list_models
 from xkd.models.checkpoint import load_checkpoint
 from xkd.models.factory import build_from_factory, factory_kwargs, import_factory
 from xkd.models.hooked import HookedFeatureModel
+from xkd.registry import import_members
 
 __all__ = [
     "MODELS", "Features", "FeatureModel", "HookedFeatureModel", "StageInfo", "build", "check",
@@ -113,3 +110,6 @@ def build(
     if cfg.checkpoint:
         load_checkpoint(model, cfg.checkpoint, _field(path, "checkpoint"))
     return model
+
+
+import_members(__name__)  # every model family registers itself
