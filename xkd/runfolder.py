@@ -306,10 +306,14 @@ def run_state(folder: str | Path, status: dict[str, Any] | None = None) -> str:
     if host == socket.gethostname():
         free = _lock_free(root / LOCK)
         alive = (not free) if free is not None else _pid_alive(pid)
-        return "running" if alive else "interrupted"
-    beat_at = status.get("heartbeat", status.get("time", 0))
-    fresh = isinstance(beat_at, (int, float)) and time.time() - beat_at <= STALE_SECONDS
-    return "running" if fresh else "interrupted"
+    else:
+        beat_at = status.get("heartbeat", status.get("time", 0))
+        alive = isinstance(beat_at, (int, float)) and time.time() - beat_at <= STALE_SECONDS
+    if alive:
+        return "running"
+    # summary.json is written last: a dead writer that got that far (or a later --resume that
+    # found the run complete) left a complete run
+    return "complete" if (root / "summary.json").is_file() else "interrupted"
 
 
 def describe_writer(status: dict[str, Any] | None) -> str:
