@@ -487,3 +487,15 @@ def test_run_folder_files_readable_by_others(done_run):
     modes = {p.relative_to(done_run["run"]): p.stat().st_mode & 0o777
              for p in done_run["run"].rglob("*") if p.is_file()}
     assert modes and all(m == 0o644 for m in modes.values()), modes
+
+
+def test_report_cli_is_a_writer_too(done_run, tmp_path, capsys):
+    """``python -m xkd.report RUN`` writes into the run folder: not while another process does."""
+    from xkd.report.cli import main as report_main
+
+    run = copy_run(done_run, tmp_path)
+    with holder(run) as p:
+        rc = report_main([str(run)])
+        line = one_line(capsys.readouterr().err)
+        assert rc == 2 and f"pid {p.pid}" in line, line
+    assert not (run / "report").exists()

@@ -9,6 +9,7 @@ gets each seed's report and the multi-seed summary. Errors print one line to std
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -47,17 +48,19 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(args.run)
         figures = False if args.no_figures else None
         from xkd.report import build_report, build_seed_report
-        from xkd.runfolder import RunFolder
+        from xkd.runfolder import RunFolder, lock_run
 
         seeds = RunFolder(run).seed_runs() if run.is_dir() else []
-        if seeds and not (run / "explanations").is_dir():
-            for sub in seeds:
-                build_report(sub.root, metrics, args.subset, log=log, figures=figures,
-                             perturbation_samples=args.perturbation_samples, device=args.device)
-            out = build_seed_report(run, log=log)
-        else:
-            out = build_report(run, metrics, args.subset, log=log, figures=figures,
-                               perturbation_samples=args.perturbation_samples, device=args.device)
+        # one writer per run folder: not while xkd.run (or another report) writes it
+        with lock_run(run) if run.is_dir() else contextlib.nullcontext():
+            if seeds and not (run / "explanations").is_dir():
+                for sub in seeds:
+                    build_report(sub.root, metrics, args.subset, log=log, figures=figures,
+                                 perturbation_samples=args.perturbation_samples, device=args.device)
+                out = build_seed_report(run, log=log)
+            else:
+                out = build_report(run, metrics, args.subset, log=log, figures=figures,
+                                   perturbation_samples=args.perturbation_samples, device=args.device)
         print(out)
         return 0
     except UserError as e:
@@ -66,3 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the previous report is unchanged", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a read-only folder ... outside xkd.io's writers: one line
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error:{where}: {e.strerror or e}; the previous report is unchanged", file=sys.stderr)
+        return 2
