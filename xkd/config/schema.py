@@ -183,13 +183,13 @@ class EvaluateConfig(Strict):
     subset_seed: int = 0
     explainers: list[str] = Field(default_factory=lambda: ["gradcam"])
     metrics: list[str] | None = Field(None, description="metric names; null = all that apply")
-
-
-class ReportConfig(Strict):
     faithfulness_target: Literal["predicted", "label"] = Field(
         "predicted", description="class each model is explained and scored for by faithfulness, "
         "robustness, localisation and sanity metrics: its own top-1 ('predicted') or the label; "
         "alignment always compares student and teacher maps for the teacher's top-1")
+
+
+class ReportConfig(Strict):
     enabled: bool = True
     figures: bool = True
     baseline: str | None = Field(
