@@ -5,13 +5,21 @@
 stage shapes from a dry run; ``list_models()`` the registered names.
 
 Built in: ``resnet8/14/20/32/44/56/110``, ``resnet8x4``, ``resnet32x4`` (CIFAR ResNets),
-``wrn-16-2``, ``wrn-40-1``, ``wrn-40-2`` (WRNs), ``mobilenetv2`` (CIFAR MobileNetV2), ``tv:NAME``
+``wrn-16-2``, ``wrn-40-1``, ``wrn-40-2`` (WRNs), ``mobilenetv2`` (xkd's CIFAR MobileNetV2), the KD
+literature's CIFAR-100 nets ``vgg8/11/13/16/19`` (BN), ``shufflenetv1``, ``shufflenetv2``,
+``resnet50`` (bottleneck) and ``mobilenetv2_kd`` (CRD / ReviewKD's MobileNetV2), ``tv:NAME``
 (any torchvision classifier) and the video students ``r2plus1d_tiny`` and ``frame_cnn`` on
 (B,C,T,H,W) clips (``model.input_dims == 4``; their stages are (B,C,T,h,w)). ``preact`` semantics per family (``model.preact_relation``):
 
 * CIFAR ResNets: pre-ReLU residual sum of each stage's last block; ``stages = relu(preact)``.
 * WRNs: BN that follows each group (next group's first BN, or the final BN); ``stages = relu(preact)``.
-* MobileNetV2, ``tv:`` and wrapped user models: ``preact is stages`` (``"identity"``).
+* VGG, ShuffleNet V1/V2, ResNet-50: the map before the stage's final ReLU; ``stages = relu(preact)``.
+* MobileNetV2 (both): linear bottleneck outputs, ``preact is stages`` (``"identity"``).
+* ``tv:`` and wrapped user models: the input of the activation module ending each stage where there
+  is one, else the stage itself (``preact_kinds`` per stage; :mod:`xkd.models.hooked`).
+
+Checkpoints (:mod:`xkd.models.checkpoint`): plain/wrapped state_dicts, xkd run files, and the KD
+literature's CIFAR-100 teachers (CRD / RepDistiller key names, ``COMMUNITY_KEYS`` per family).
 """
 
 from __future__ import annotations

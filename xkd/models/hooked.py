@@ -23,8 +23,19 @@ or a global pooling layer that no convolution follows (ConvNeXt's ``avgpool``).
 
 ``pooled`` is the input of the final Linear (of the Dropout right before it, when there is one,
 so dropout does not leak into it); without a Linear it is the global average of the last stage.
-``preact`` is ``stages`` (``preact_relation = "identity"``): the hooked outputs are whatever the
-stage modules return, no pre-activation is available in general.
+Pre-activation taps (``preact``; ReviewKD distils the teacher's pre-activation maps). When a
+stage's output tensor is the output of an activation *module* called inside the stage (torchvision
+ResNet blocks end with ``relu``, MobileNet heads with ``ReLU6``), or the stage module is itself an
+activation (VGG's stages are ReLUs), ``preact`` is that activation's input, copied by a pre-hook on
+its k-th call (modules such as torchvision's per-block ``relu`` run several times; in-place ReLUs
+are copied before they overwrite it). A stage whose output has negative values on the dry run and
+comes from no activation module is linear (MobileNetV2's bottlenecks): ``preact is stages``. A
+non-negative stage output without an activation module (a functional ``F.relu``, a concatenation of
+activated branches) has no reachable pre-activation: ``preact is stages`` there too, and one
+warning per model names those stages. ``preact_kinds`` lists per stage ``"relu"`` (``stages ==
+relu(preact)``), another activation's name (``"relu6"``, ``"silu"``, ...), ``"identity"`` or
+``"unavailable"``; ``preact_relation`` is ``"relu"`` or ``"identity"`` when all stages agree, else
+``"mixed"``.
 
 Hooks are attached for the duration of one :meth:`HookedFeatureModel.features` call (never left on
 the module, so ``copy.deepcopy`` and pickling stay clean). ``stage_layers()`` returns the very
@@ -33,7 +44,8 @@ modules that are hooked, so Captum's LayerGradCam on them sees exactly ``feature
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -42,7 +54,11 @@ from torch import nn
 from xkd.errors import UserError
 from xkd.models.base import FeatureModel, Features
 
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
 _GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU,
+                nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Softplus)
 _NCHW = (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d)
 
 
@@ -75,6 +91,8 @@ class Call:
     end: int = -1
     tin: torch.Tensor | None = None
     tout: torch.Tensor | None = None
+    negative: bool = False
+    """The output had negative values when the call ended (before any later in-place change)."""
 
     def res(self, t: torch.Tensor | None) -> tuple[int, int] | None:
         return (int(t.shape[2]), int(t.shape[3])) if t is not None and t.dim() == 4 else None
@@ -87,6 +105,9 @@ class Discovery:
     stage_names: list[str]
     pooled_name: str | None
     num_logits: int
+    preact_taps: list[tuple[str, int] | None] = field(default_factory=list)
+    """Per stage: (activation module name, 0-based call index) whose input is the pre-activation."""
+    preact_kinds: list[str] = field(default_factory=list)
 
 
 def _area(r: tuple[int, int]) -> int:
@@ -110,6 +131,7 @@ def _record(net: nn.Module, x: torch.Tensor, label: str) -> tuple[list[Call], to
         tick[0] += 1
         c = stack.pop()
         c.end, c.tout = tick[0], _first_tensor(out)
+        c.negative = bool(c.tout is not None and c.tout.is_floating_point() and (c.tout < 0).any())
 
     handles = []
     for n, m in net.named_modules():
@@ -131,10 +153,34 @@ def _record(net: nn.Module, x: torch.Tensor, label: str) -> tuple[list[Call], to
     return calls, logits
 
 
+def _kind(module: nn.Module) -> str:
+    return "relu6" if isinstance(module, nn.ReLU6) else type(module).__name__.lower()
+
+
+def preact_taps(calls: list[Call], stages: list[Call]) -> tuple[list[tuple[str, int] | None], list[str]]:
+    """For each stage call, the activation call whose output is the stage's output (see the module
+    docstring): its (module name, call index) and kind."""
+    taps: list[tuple[str, int] | None] = []
+    kinds: list[str] = []
+    for st in stages:
+        acts = [c for c in calls if isinstance(c.module, _ACTIVATIONS) and c.tout is st.tout
+                and st.start <= c.start and c.end <= st.end]
+        if acts:
+            act = max(acts, key=lambda c: c.end)
+            k = [c for c in calls if c.name == act.name].index(act)
+            taps.append((act.name, k))
+            kinds.append(_kind(act.module))
+        else:
+            taps.append(None)
+            kinds.append("identity" if st.negative else "unavailable")
+    return taps, kinds
+
+
 @torch.no_grad()
 def discover(net: nn.Module, in_channels: int, image_size: int, drop_stem: bool = True,
-             label: str = "model") -> Discovery:
-    """Dry-run ``net`` and pick the stage modules (see the module docstring for the rules)."""
+             label: str = "model", stage_modules: list[str] | None = None) -> Discovery:
+    """Dry-run ``net`` and pick the stage modules (see the module docstring for the rules), or take
+    ``stage_modules``; find each stage's pre-activation tap."""
     x = torch.randn(1, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
     calls, logits = _record(net, x, label)
     if logits.dim() != 2:
@@ -200,10 +246,21 @@ def discover(net: nn.Module, in_channels: int, image_size: int, drop_stem: bool 
         if len(convs) > 1 or _area(r0) >= image_size * image_size:
             break
         prev_end, stages = st.end, stages[1:]
-    if not stages:
-        raise UserError(f"{label}: no convolutional stage (module with a 4-D output) was found; "
-                        "xkd needs a CNN backbone")
-    return Discovery([c.name for _, c in stages], pooled_name, int(logits.shape[1]))
+    if stage_modules:
+        by_name = {c.name: c for c in calls}  # the last call of each module (what the hooks read)
+        missing = [n for n in stage_modules if n not in by_name]
+        if missing:
+            mods = [n for n, _ in net.named_modules() if n]
+            raise UserError(f"stage module(s) {missing} not found or not called; available: "
+                            f"{', '.join(mods[:30])} ...")
+        picked = [by_name[n] for n in stage_modules]
+    else:
+        if not stages:
+            raise UserError(f"{label}: no convolutional stage (module with a 4-D output) was found; "
+                            "xkd needs a CNN backbone")
+        picked = [c for _, c in stages]
+    taps, kinds = preact_taps(calls, picked)
+    return Discovery([c.name for c in picked], pooled_name, int(logits.shape[1]), taps, kinds)
 
 
 class HookedFeatureModel(FeatureModel):
@@ -211,7 +268,9 @@ class HookedFeatureModel(FeatureModel):
 
     preact_relation = "identity"
 
-    def __init__(self, net: nn.Module, stage_names: list[str], pooled_name: str | None = None) -> None:
+    def __init__(self, net: nn.Module, stage_names: list[str], pooled_name: str | None = None,
+                 preact_taps: list[tuple[str, int] | None] | None = None,
+                 preact_kinds: list[str] | None = None) -> None:
         super().__init__()
         self.net = net
         mods = dict(net.named_modules())
@@ -221,6 +280,13 @@ class HookedFeatureModel(FeatureModel):
                             f"{', '.join(n for n in list(mods)[1:30] if n)} ...")
         self.stage_names = list(stage_names)
         self.pooled_name = pooled_name
+        self.preact_taps = list(preact_taps) if preact_taps else [None] * len(stage_names)
+        self.preact_kinds = list(preact_kinds) if preact_kinds else ["unavailable"] * len(stage_names)
+        if len(self.preact_taps) != len(stage_names) or len(self.preact_kinds) != len(stage_names):
+            raise ValueError("preact_taps and preact_kinds need one entry per stage")
+        kinds = set(self.preact_kinds)
+        self.preact_relation = ("relu" if kinds == {"relu"} else
+                                "identity" if kinds <= {"identity", "unavailable"} else "mixed")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return output_logits(self.net(x))
@@ -239,7 +305,19 @@ class HookedFeatureModel(FeatureModel):
         def grab_pooled(mod: nn.Module, inp: Any) -> None:
             store["\0pooled"] = torch.flatten(inp[0], 1)
 
+        counts: dict[str, int] = {}
+
+        def grab_input(name: str, wanted: int):
+            def hook(mod: nn.Module, inp: Any) -> None:
+                k = counts.get(name, 0)
+                counts[name] = k + 1
+                if k == wanted and isinstance(inp[0], torch.Tensor):
+                    store[f"\0pre:{name}:{k}"] = inp[0].clone()  # in-place activations overwrite it
+            return hook
+
         handles = [mods[n].register_forward_hook(grab(n)) for n in self.stage_names]
+        taps = {tap for tap in self.preact_taps if tap is not None}
+        handles += [mods[n].register_forward_pre_hook(grab_input(n, k)) for n, k in taps]
         if self.pooled_name is not None:
             handles.append(mods[self.pooled_name].register_forward_pre_hook(grab_pooled))
         try:
@@ -251,10 +329,12 @@ class HookedFeatureModel(FeatureModel):
         if absent:
             raise RuntimeError(f"stage module(s) {absent} did not run in this forward pass")
         stages = [store[n] for n in self.stage_names]
+        preact = [s if tap is None else store.get(f"\0pre:{tap[0]}:{tap[1]}", s)
+                  for s, tap in zip(stages, self.preact_taps)]
         pooled = store.get("\0pooled")
         if pooled is None:
             pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(stages[-1], 1), 1)
-        return Features(stages, list(stages), pooled, logits)
+        return Features(stages, preact, pooled, logits)
 
     def stage_layers(self) -> list[nn.Module]:
         mods = dict(self.net.named_modules())
@@ -263,7 +343,15 @@ class HookedFeatureModel(FeatureModel):
 
 def wrap(net: nn.Module, in_channels: int, image_size: int, drop_stem: bool = True,
          stage_modules: list[str] | None = None, label: str = "model") -> HookedFeatureModel:
-    """Discover stages of ``net`` (or use ``stage_modules``) and wrap it."""
-    found = discover(net, in_channels, image_size, drop_stem, label)
-    names = list(stage_modules) if stage_modules else found.stage_names
-    return HookedFeatureModel(net, names, found.pooled_name)
+    """Discover stages of ``net`` (or use ``stage_modules``) and their pre-activation taps; wrap it.
+    Stages without a reachable pre-activation are named in one warning per ``label``."""
+    found = discover(net, in_channels, image_size, drop_stem, label, stage_modules)
+    lost = [n for n, k in zip(found.stage_names, found.preact_kinds) if k == "unavailable"]
+    if lost and label not in _WARNED:
+        _WARNED.add(label)
+        log.warning("%s: stage(s) %s end in a non-negative map that no activation module produced "
+                    "(a functional activation or a concatenation), so their pre-activation cannot be "
+                    "hooked; preact = the post-activation stage map there (ReviewKD distils it as is)",
+                    label, ", ".join(lost))
+    return HookedFeatureModel(net, found.stage_names, found.pooled_name, found.preact_taps,
+                              found.preact_kinds)

@@ -11,7 +11,10 @@ Why hooks and not ``torchvision.models.feature_extraction.create_feature_extract
 it builds inlines container modules (``layer1`` is not called as a module in the graph), so Captum's
 LayerGradCam hooks on those modules would never fire. We keep the original model and read the stage
 outputs with forward hooks on the real stage modules, so ``features().stages`` and LayerGradCam on
-``stage_layers()`` see the same tensors. ``preact`` is ``stages`` for these models (no pre-ReLU tap).
+``stage_layers()`` see the same tensors. ``preact`` is the input of the activation module that ends a
+stage where there is one (ResNets: each stage's last ``relu``; VGG: the stage ReLU), the stage
+itself where it is linear (MobileNet/EfficientNet bottlenecks), and otherwise the post-activation
+map with one warning (see :mod:`xkd.models.hooked`).
 
 ``in_channels != 3``: the first 3-channel convolution is replaced by one with ``in_channels``
 inputs (pretrained RGB filters are averaged and rescaled by 3 / in_channels).
