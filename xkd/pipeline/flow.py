@@ -45,6 +45,13 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
         io.write_yaml(folder.config, resolved)
         io.write_json(folder.env, environment_info(seed, argv, device=device) | {"smoke": smoke})
     t_start = time.perf_counter()
+    say = log if is_main_process() else (lambda *_: None)
+    say(f"[xkd] seed {seed} -> {folder.root}")
+    if cfg.teacher is not None:
+        tc = cfg.teacher
+        how = f"loading {tc.model.checkpoint}" if tc.pretrained else \
+            f"training {tc.model.name or tc.model.factory}, {cfg.train_for(tc.train).epochs} epochs"
+        say(f"[xkd] stage teacher: {how}")
     teacher, tinfo = train_teacher(ctx)
     named, ninfos = train_named_teachers(ctx)
     models: dict[str, FeatureModel] = {}
@@ -55,12 +62,14 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
     for n, ref in named.items():
         models[n], infos[n] = ref.model, ninfos[n]
     for i, sc in enumerate(cfg.students):
-        log(f"[xkd] student {sc.name} ({sc.method}, {sc.model.name or sc.model.factory})")
+        say(f"[xkd] stage student {i + 1}/{len(cfg.students)}: {sc.name} ({sc.method}, "
+            f"{sc.model.name or sc.model.factory}, {cfg.train_for(sc.train).epochs} epochs)")
         student, d, info = train_student(ctx, i, teacher, named)
         models[sc.name], distillers[sc.name], infos[sc.name] = student, d, {"role": "student", **info}
     if not is_main_process():
         wait_for_main(f"seed {seed} (evaluation, explanations, report)")
         return {}
+    say(f"[xkd] stage evaluation: {len(models)} models on {', '.join(ctx.data().test_sets())}")
     results = evaluate_models(ctx, models)
     multimodal_metrics(ctx, models, results)
     for name, info in infos.items():
@@ -68,6 +77,8 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
         if name in named:
             target = folder.root / "teachers" / name
         io.write_json(target / "metrics.json", {"model": name, **info, **results[name]})
+    say(f"[xkd] stage explanations: {', '.join(cfg.evaluate.explainers)} on the evaluation subset "
+        f"({cfg.evaluate.subset_size} samples)")
     if ctx.keys:  # multi-modal: per-frame video explanations (xkd.pipeline.export_video)
         export_video_explanations(ctx, models)
     else:
@@ -77,6 +88,7 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
                "task": ctx.data().task, "test_sets": list(ctx.data().test_sets()),
                "seconds": round(time.perf_counter() - t_start, 1)}
     if cfg.report.enabled:
+        say(f"[xkd] stage report: {folder.root / 'report'}")
         _report(folder, log, device)
     io.write_json(folder.summary, summary)
     wait_for_main(f"seed {seed} (evaluation, explanations, report)")
