@@ -157,7 +157,9 @@ def _check_run(name: str, out: Path, proc: subprocess.CompletedProcess) -> dict:
     assert summary["seeds"] == [0, 1] and len(summary["per_seed"]) == 2
     assert all(r["n_seeds"] == 2 for r in summary["rows"])
     assert json.loads((out / "status.json").read_text())["state"] == "complete"
-    assert proc.stdout.count("run folder:") == 1  # rank 0 alone prints the summary
+    lines = proc.stdout.splitlines()
+    assert [x.startswith("run folder:") for x in lines].count(True) == 1  # rank 0 alone prints
+    assert lines.count("[xkd] seed 1") == 1
     return summary
 
 

@@ -35,8 +35,8 @@ def run_session(cfg: ExperimentConfig, run_dir: Path, *, resume: bool, smoke: bo
     one-writer lock and keeps ``status.json``'s heartbeat fresh for the whole run."""
     from xkd.engine import is_main_process
 
-    if not is_main_process():
-        return _session(cfg, run_dir, resume=resume, smoke=smoke, argv=argv, log=log)
+    if not is_main_process():  # one voice: the progress lines come from rank 0
+        return _session(cfg, run_dir, resume=resume, smoke=smoke, argv=argv, log=lambda *_a, **_k: None)
     with lock_run(run_dir):
         old = read_status(run_dir) or {}
         if old.get("state") == "running" and old.get("pid") is not None:
