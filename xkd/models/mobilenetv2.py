@@ -4,8 +4,9 @@ Linear Bottlenecks", CVPR 2018, table 2).
 Inverted residual block (paper table 1): 1x1 expansion conv-BN-ReLU6 (skipped when t = 1), 3x3
 depthwise conv-BN-ReLU6 with stride s, 1x1 projection conv-BN with **no** activation (linear
 bottleneck), plus the identity when stride is 1 and widths match. Channels are scaled by
-``width_mult`` and rounded to multiples of 8. Defaults follow the KD literature's CIFAR student
-(CRD/RepDistiller "MobileNetV2": width 0.5, expansion 6).
+``width_mult`` and rounded to multiples of 8. Width 0.5 and expansion 6 as the KD literature's
+CIFAR student, but not that network: for the CRD / ReviewKD "MobileNetV2" rows use
+``mobilenetv2_kd`` (:mod:`xkd.models.mobilenetv2_kd`: unrounded widths, stride-2 stem, ReLU).
 
 CIFAR adaptation: the stem has stride 1 and the (t, c, n, s) table becomes
 (1,16,1,1) (t,24,2,1) (t,32,3,2) (t,64,4,2) (t,96,3,1) (t,160,3,1) (t,320,1,1), so the network
