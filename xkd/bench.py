@@ -43,17 +43,6 @@ from xkd.bench_engine import bench_engine, bench_startup
 from xkd.bench_metrics import bench_deletion_insertion, bench_report_forwards
 
 
-def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def _shapes(n: int, size: int = 32) -> Any:
     return build_data(DataConfig(name="shapes", params={"num_classes": 4, "image_size": size,
                                                         "train_size": n, "val_size": 16,
