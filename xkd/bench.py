@@ -15,6 +15,9 @@ assertions in tests:
 * ``engine``: a ``ce`` epoch over a bare PyTorch loop (target <= 1.05) and the augmentation's share
   of a ``ce`` epoch (target <= 3 %) (``xkd.bench_engine``).
 * ``startup``: ``python -m xkd.run --help`` wall time (target < 1 s), ``--list``, peak memory.
+* ``saliency_scale``: 224 px, tv:resnet18: cached-map bytes, build time per map over a training
+  step per image, weighted over plain step, map read over image load, bytes read on open
+  (``xkd.bench_scale``; no target: docs/scale.md scales them to ImageNet).
 
 Prints a table and writes JSON (default ``bench_results/bench.json``).
 """
@@ -38,6 +41,7 @@ from torch.utils.data import DataLoader
 from xkd.config import DataConfig, ExplainConfig, TrainConfig
 from xkd.data import JointAugment, build_data
 from xkd.distill import DistillContext, build_distiller
+from xkd.bench_scale import bench_saliency_scale
 from xkd.models import build as build_model
 from xkd.bench_engine import bench_engine, bench_startup
 from xkd.bench_metrics import bench_deletion_insertion, bench_report_forwards
@@ -130,6 +134,7 @@ BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
     "report_forwards": bench_report_forwards,
     "engine": bench_engine,
     "startup": bench_startup,
+    "saliency_scale": bench_saliency_scale,  # xkd.bench_scale: the ratios docs/scale.md uses
 }
 
 

@@ -5,6 +5,7 @@
     header   4096 bytes: MAGIC + JSON {format, n, h, w, block, key}, space-padded
     block k  at 4096 + k * stride:  scales float32 (block,) | maps float16 (block,1,h,w) | trailer
     trailer  32 bytes: b"XKDBLOCK" | k (int64) | blake2b-128 digest of the block's bytes
+    stride   payload + trailer rounded up to a multiple of 4096 (page-aligned blocks)
 
 A map is stored divided by a per-map power of two (``scales``), so float16 neither overflows nor
 underflows whatever the map's range, and a map already in [0, 1] (scale 1) is stored exactly as
@@ -34,6 +35,7 @@ HEADER = 4096
 TRAILER = struct.Struct("<8sq16s")
 BLOCK_MAGIC = b"XKDBLOCK"
 FORMAT = 2
+PAGE = 4096
 
 
 class BadBlock(Exception):
@@ -63,7 +65,9 @@ class Layout:
 
     @property
     def stride(self) -> int:
-        return self.payload + TRAILER.size
+        """Payload + trailer, rounded up to whole 4 KiB pages: ranks on different nodes never
+        write into the same page of a shared file."""
+        return -(-(self.payload + TRAILER.size) // PAGE) * PAGE
 
     @property
     def file_bytes(self) -> int:
@@ -148,7 +152,7 @@ def read_raw(fd: int, layout: Layout, k: int) -> bytes:
 
 def check(layout: Layout, k: int, raw: bytes) -> None:
     """Raise :class:`BadBlock` unless ``raw`` is block ``k`` with a matching checksum."""
-    magic, idx, digest = TRAILER.unpack(raw[layout.payload:])
+    magic, idx, digest = TRAILER.unpack(raw[layout.payload:layout.payload + TRAILER.size])
     if magic != BLOCK_MAGIC or idx != k:
         raise BadBlock(f"block {k} not written")
     if hashlib.blake2b(raw[:layout.payload], digest_size=16).digest() != digest:
