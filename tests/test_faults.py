@@ -499,3 +499,19 @@ def test_report_cli_is_a_writer_too(done_run, tmp_path, capsys):
         line = one_line(capsys.readouterr().err)
         assert rc == 2 and f"pid {p.pid}" in line, line
     assert not (run / "report").exists()
+
+
+@pytest.mark.parametrize("overrides,path", [
+    (["teacher.model.name=wrn-16-2", "teacher.model.params.drop_rate=false"], r"teacher\.model\.params\.drop_rate"),
+    (["students[0].model.params.width_mult=true", "students[0].model.name=mobilenetv2"],
+     r"students\[0\]\.model\.params\.width_mult"),
+    (["explain.method=integrated_gradients", "explain.params.n_steps=true"], r"explain\.params\.n_steps"),
+])
+def test_lax_values_in_registered_params_are_refused(tmp_path, capsys, overrides, path):
+    """Model and explainer parameters follow the schema's rule: booleans are not numbers, floats finite."""
+    import re
+
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(tiny_experiment()))
+    args = [tmp_path / "exp.yaml", "--check"] + [a for o in overrides for a in ("--set", o)]
+    rc, _, err = cli(args, capsys)
+    assert rc == 2 and re.search(path, one_line(err)), err

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from xkd.config.schema import NumbersAreNumbers
 
 ChannelPool = Literal["sum", "mean", "max", "l2"]
 Sign = Literal["abs", "positive", "negative", "all"]
 Normalize = Literal["none", "max", "sum", "minmax"]
 
 
-class ExplainParams(BaseModel):
+class ExplainParams(NumbersAreNumbers):
     """Base: unknown keys are errors; ``normalize`` is shared by every method."""
 
     model_config = ConfigDict(extra="forbid")

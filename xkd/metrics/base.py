@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.errors import ConfigError, UserError
 from xkd.registry import Registry
 
@@ -43,7 +44,7 @@ INPUT_NAMES = (
 )
 
 
-class MetricParams(BaseModel):
+class MetricParams(NumbersAreNumbers):
     """Base of every metric's parameters (unknown fields are errors)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -18,13 +18,14 @@ module returned by :meth:`stage_layers` (Captum LayerGradCam hooks it).
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.models.base import MODELS, FeatureModel, Features
 
 
-class CifarResNetParams(BaseModel):
+class CifarResNetParams(NumbersAreNumbers):
     """CIFAR ResNets take no extra parameters (unknown keys are rejected)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -27,9 +27,10 @@ would also rescale the gradient of the second branch, which reads the same tenso
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.models.base import MODELS, FeatureModel, Features
 from xkd.models.cifar_resnet import init_weights
 
@@ -38,7 +39,7 @@ SETTINGS = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
 """(expansion t or None = ``expand_ratio``, channels, repeats, stride of the first repeat)."""
 
 
-class MobileNetV2Params(BaseModel):
+class MobileNetV2Params(NumbersAreNumbers):
     """Parameters of the CIFAR MobileNetV2."""
 
     model_config = ConfigDict(extra="forbid")

@@ -24,9 +24,10 @@ community code's (``conv1.0.weight``, ``blocks.1.0.conv.3.weight``, ``conv2.*``,
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.models.base import MODELS, FeatureModel, Features
 from xkd.models.cifar_resnet import init_weights
 
@@ -35,7 +36,7 @@ SETTINGS = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
 """(expansion t or None = ``expand_ratio``, channels, repeats, stride of the first repeat)."""
 
 
-class MobileNetV2KDParams(BaseModel):
+class MobileNetV2KDParams(NumbersAreNumbers):
     """Parameters of the KD literature's CIFAR MobileNetV2."""
 
     model_config = ConfigDict(extra="forbid")

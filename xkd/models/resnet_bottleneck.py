@@ -18,14 +18,15 @@ checkpoints load as they are. Each ReLU is its own ``nn.ReLU``; a block's final 
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.models.base import MODELS, FeatureModel, Features
 from xkd.models.cifar_resnet import init_weights
 
 
-class BottleneckResNetParams(BaseModel):
+class BottleneckResNetParams(NumbersAreNumbers):
     """The bottleneck ResNets take no extra parameters (unknown keys are rejected)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -19,15 +19,16 @@ as they are. Each ReLU is its own ``nn.ReLU``; a unit's final ReLU is ``relu_out
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.errors import ConfigError
 from xkd.models.base import MODELS, FeatureModel, Features
 from xkd.models.cifar_resnet import init_weights
 
 
-class ShuffleNetV1Params(BaseModel):
+class ShuffleNetV1Params(NumbersAreNumbers):
     """Parameters of ShuffleNet V1 (defaults: the KD literature's g = 3 network)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -26,9 +26,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.models.base import MODELS, FeatureModel, Features
 from xkd.models.cifar_resnet import init_weights
 from xkd.models.shufflenetv1 import channel_shuffle
@@ -38,7 +39,7 @@ PosInt = Annotated[int, Field(ge=1)]
 EvenInt = Annotated[int, Field(ge=2, multiple_of=2)]
 
 
-class ShuffleNetV2Params(BaseModel):
+class ShuffleNetV2Params(NumbersAreNumbers):
     """Parameters of ShuffleNet V2 (defaults: the 1x network of the KD literature)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -26,15 +26,16 @@ import difflib
 
 import torch
 import torchvision
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.errors import ConfigError, UserError
 from xkd.models.base import MODELS
 from xkd.models.hooked import HookedFeatureModel, wrap
 
 
-class TorchvisionParams(BaseModel):
+class TorchvisionParams(NumbersAreNumbers):
     """Parameters of ``tv:NAME`` models."""
 
     model_config = ConfigDict(extra="forbid")

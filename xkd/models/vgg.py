@@ -20,9 +20,10 @@ conv, ``block0.1.*`` BN, ..., ``classifier.*``), so RepDistiller checkpoints loa
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.models.base import MODELS, FeatureModel, Features
 from xkd.models.cifar_resnet import init_weights
 
@@ -37,7 +38,7 @@ CONFIGS: dict[str, list[int]] = {
 WIDTHS = (64, 128, 256, 512, 512)
 
 
-class VGGParams(BaseModel):
+class VGGParams(NumbersAreNumbers):
     """VGG takes no extra parameters (unknown keys are rejected)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -18,14 +18,15 @@ maps before it (``preact_relation = "relu"``), ``pooled`` the (B,D) clip embeddi
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.models.base import MODELS, FeatureModel, Features
 from xkd.models.cifar_resnet import init_weights
 
 
-class FrameCNNParams(BaseModel):
+class FrameCNNParams(NumbersAreNumbers):
     """Widths of the three stages."""
 
     model_config = ConfigDict(extra="forbid")

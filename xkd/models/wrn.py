@@ -21,14 +21,15 @@ not exposed. :meth:`WideResNet.stage_layers` returns those ReLU modules (the fir
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
+from xkd.config.schema import NumbersAreNumbers
 from xkd.models.base import MODELS, FeatureModel, Features
 from xkd.models.cifar_resnet import init_weights
 
 
-class WRNParams(BaseModel):
+class WRNParams(NumbersAreNumbers):
     """Parameters of the WRN family."""
 
     model_config = ConfigDict(extra="forbid")
