@@ -88,3 +88,18 @@ def test_cli_reports_the_wrong_place_in_one_line(tmp_path: Path, capsys) -> None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "teacher.model.checkpoint" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_unknown_registered_params_list_their_schema_fields() -> None:
+    """The same listing for sections validated against a registry's params model (checks.py)."""
+    from tests.conftest import tiny_experiment
+    from xkd.pipeline.checks import validate
+
+    exp = tiny_experiment()
+    exp["students"][1]["params"] = {"temp": 2}
+    with pytest.raises(ConfigError, match=r"^students\[1\]\.params\.temp: unknown key 'temp'; allowed: T, alpha$"):
+        validate(exp)
+    exp = tiny_experiment()
+    exp["data"]["params"]["num_clases"] = 3
+    with pytest.raises(ConfigError, match=r"allowed: num_classes, .*did you mean data\.params\.num_classes\?\)$"):
+        validate(exp)

@@ -25,7 +25,7 @@ def validate_params(name: str, params: Mapping[str, Any], path: str = "data.para
     try:
         return entry.params.model_validate(dict(params))
     except ValidationError as e:
-        raise _error_from_validation(e, path) from None
+        raise _error_from_validation(e, path, entry.params) from None
 
 
 def identity(name: str, params: Any, seed: int, root: str | None = None) -> str:

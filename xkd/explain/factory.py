@@ -28,7 +28,7 @@ def _build(method: str, model: nn.Module, params: dict[str, Any], max_batch: int
     try:
         p = entry.params.model_validate(params) if entry.params is not None else params
     except ValidationError as e:
-        raise _error_from_validation(e, f"{path}.params") from None
+        raise _error_from_validation(e, f"{path}.params", entry.params) from None
     return entry.factory(model=model, params=p, max_batch=max_batch, path=path)
 
 

@@ -47,14 +47,14 @@ def check_names(cfg: ExperimentConfig, base_dir: Path | None = None) -> None:
         try:
             entry.params.model_validate(cfg.data.params)
         except ValidationError as e:
-            raise _error_from_validation(e, "data.params") from None
+            raise _error_from_validation(e, "data.params", entry.params) from None
     if cfg.teacher is not None:
         _check_model(cfg.teacher.model, "teacher.model")
         if cfg.teacher.data and entry.params is not None:
             try:
                 entry.params.model_validate({**cfg.data.params, **cfg.teacher.data})
             except ValidationError as err:
-                raise _error_from_validation(err, "teacher.data") from None
+                raise _error_from_validation(err, "teacher.data", entry.params) from None
         if cfg.teacher.pretrained and cfg.teacher.model.checkpoint is None:
             raise ConfigError("teacher.pretrained", "true needs teacher.model.checkpoint to be set")
     EXPLAINERS.entry(cfg.explain.method, path="explain.method")
@@ -68,14 +68,14 @@ def check_names(cfg: ExperimentConfig, base_dir: Path | None = None) -> None:
             try:
                 e.params.model_validate(s.params)
             except ValidationError as err:
-                raise _error_from_validation(err, f"{where}.params") from None
+                raise _error_from_validation(err, f"{where}.params", e.params) from None
         if e.meta.get("needs_teacher", True) and cfg.teacher is None and not cfg.teachers:
             raise ConfigError(f"{where}.method", f"'{s.method}' needs a teacher section")
         if s.data and entry.params is not None:
             try:
                 entry.params.model_validate({**cfg.data.params, **s.data})
             except ValidationError as err:
-                raise _error_from_validation(err, f"{where}.data") from None
+                raise _error_from_validation(err, f"{where}.data", entry.params) from None
     if cfg.cgan is not None or any(s.method == "cgan_kd" for s in cfg.students):
         check_cgan(cfg)
     check_teachers(cfg, _check_model)

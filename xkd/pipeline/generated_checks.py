@@ -22,7 +22,7 @@ def _validated(model: type[BaseModel], raw: dict[str, Any], path: str) -> BaseMo
     try:
         return model.model_validate(raw)
     except ValidationError as e:
-        raise _error_from_validation(e, path) from None
+        raise _error_from_validation(e, path, model) from None
 
 
 def gan_config(section: Any) -> GANConfig:
