@@ -120,8 +120,9 @@ def plan_and_build(root: str | os.PathLike, teacher: nn.Module, dataset: Dataset
 
     if plan["status"] == "loaded":
         return key, plan["entry"], "loaded", "", lambda k: fill([k], False)
-    log.warning("saliency cache %s: %s; building %d maps with %s on %d rank(s)", key[:12],
-                plan["reason"], layout.n, explainer.method, world)
+    if rank == 0:
+        log.warning("saliency cache %s: %s; building %d maps with %s on %d rank(s)", key[:12],
+                    plan["reason"], layout.n, explainer.method, world)
     t0 = time.perf_counter()
     todo = plan["blocks"] if plan["blocks"] is not None else list(range(layout.n_blocks))
     done = fill([k for k in todo if k % world == rank], plan["check"], progress and rank == 0)
