@@ -157,6 +157,11 @@ class Distiller(nn.Module):
         after one backward pass (``opts.zero_grad(); loss.backward(); opts.step()``)."""
         return build_optimizers(self, optimizer, schedule, epochs, steps_per_epoch, **settings)
 
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        """Called by the engine on every rank after each epoch with its history row (``epoch``,
+        ``losses``, ``logs`` averaged over the epoch's batches and ranks); e.g. to warn about a
+        setting that made the method degenerate. Nothing by default."""
+
     @torch.no_grad()
     def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-stage attention maps for the viewer (name -> (B,K,h,w)); none by default."""

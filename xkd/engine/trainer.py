@@ -279,6 +279,7 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
             beat()
         D.barrier()
         say(_line(desc, row, cfg.epochs))
+        distiller.epoch_end(row)
         if on_epoch_end is not None:
             on_epoch_end(row)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:

@@ -12,6 +12,7 @@ from typing import Any
 
 from xkd.config import ExperimentConfig, ExplainConfig
 from xkd.pipeline.checks import method_params
+from xkd.pipeline.teacher_saliency import warn_if_constant_maps
 from xkd.data import build_data
 from xkd.distill import DistillContext, build_distiller, dataset_labels
 from xkd.errors import UserError
@@ -43,8 +44,12 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
         teacher = build_model(cfg.teacher.model, num_classes=tb.num_classes, in_channels=tb.in_channels,
                               image_size=tb.image_size, path="teacher.model")
         teacher.eval()
+        example = tb.train[0]["image"].unsqueeze(0)
         for i, m in enumerate(cfg.evaluate.explainers):  # regression runs export them too
-            build_from_config(ExplainConfig(method=m), teacher, path=f"evaluate.explainers[{i}]")
+            ex = build_from_config(ExplainConfig(method=m), teacher, path=f"evaluate.explainers[{i}]")
+            warn_if_constant_maps(ex, example, f"evaluate.explainers[{i}]",
+                                  "the explanation metrics and the viewer compare constant maps",
+                                  "use larger images or another explainer there (e.g. saliency)")
         build_from_config(cfg.explain, teacher, path="explain")
     for i, sc in enumerate(cfg.students):
         path = f"students[{i}]"
@@ -70,4 +75,7 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
                 ecfg = ExplainConfig.model_validate(merged)
             except Exception as e:  # noqa: BLE001
                 raise UserError(f"{path}.params.explainer: {str(e).splitlines()[-1]}") from None
-            build_from_config(ecfg, teacher, path=f"{path}.params.explainer")
+            ex = build_from_config(ecfg, teacher, path=f"{path}.params.explainer")
+            warn_if_constant_maps(ex, b.train[0]["image"].unsqueeze(0), "explain" if not
+                                  (sc.params or {}).get("explainer") else f"{path}.params.explainer",
+                                  f"the saliency weighting of {path} does nothing (plain ReviewKD)")

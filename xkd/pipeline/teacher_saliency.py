@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from xkd.config import ExplainConfig
 from xkd.data import DataBundle
 from xkd.distill import Distiller
-from xkd.errors import UserError
+from xkd.errors import UserError, warn
 from xkd.models import FeatureModel
 
 if TYPE_CHECKING:
@@ -27,8 +27,10 @@ def saliency_extras(ctx: "RunContext", d: Distiller, teacher: FeatureModel, bund
     from xkd.explain import SaliencyCache, build_from_config
 
     ecfg = explain_config(ctx.cfg.explain, spec, path)
+    explainer = build_from_config(ecfg, teacher, path=f"{path}.explainer")
+    d.saliency_source = explainer_source(explainer, bundle.train[0]["image"].unsqueeze(0).to(ctx.device))[0]
     if not ecfg.cache:
-        d.set_teacher_explainer(build_from_config(ecfg, teacher, path=f"{path}.explainer"), ecfg.target)
+        d.set_teacher_explainer(explainer, ecfg.target)
         return None
     # every rank explains its share of the split (a collective; xkd.explain.cache_build)
     read_size = spec.get("read_size")
@@ -37,6 +39,29 @@ def saliency_extras(ctx: "RunContext", d: Distiller, teacher: FeatureModel, bund
                                         num_workers=ctx.cfg.data.num_workers,
                                         read_size=tuple(read_size) if read_size else None)
     return {"saliency": cache}
+
+
+def explainer_source(explainer: Any, x: torch.Tensor) -> tuple[str, tuple[int, int]]:
+    """``explainer 'gradcam' at layer 'layer4', native map 1x1 on 32x32 images`` and the native
+    size: the resolution at which the method resolves ``x`` (Grad-CAM: its layer's output)."""
+    hw = (int(x.shape[-2]), int(x.shape[-1]))
+    native = explainer.native_size(x) or hw
+    layer = getattr(explainer, "layer_name", None)
+    text = (f"explainer '{explainer.method}'" + (f" at layer '{layer}'" if layer else "")
+            + f", native map {native[0]}x{native[1]} on {hw[0]}x{hw[1]} images")
+    return text, (int(native[0]), int(native[1]))
+
+
+def warn_if_constant_maps(explainer: Any, x: torch.Tensor, where: str, effect: str,
+                          fix: str | None = None) -> bool:
+    """Warn (one line) when the explainer's native map is 1x1: every map it gives is constant,
+    so it carries no location (e.g. Grad-CAM of tv:resnet18's last stage on 32 px images)."""
+    text, native = explainer_source(explainer, x)
+    if native != (1, 1):
+        return False
+    fix = fix or f"pick an earlier layer, e.g. {where}.params.layer: -2 (a stage index or a module name)"
+    warn(f"{where}: {text}: every map is constant, so {effect}; {fix}")
+    return True
 
 
 def explain_config(base: ExplainConfig, spec: dict[str, Any] | None, path: str) -> ExplainConfig:

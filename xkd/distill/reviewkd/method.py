@@ -79,6 +79,8 @@ class ReviewKDParams(MethodParams):
         return self
 
 
+DEGENERATE_WARN_FRAC = 0.5
+"""``epoch_end`` warns when more than this fraction of an epoch's teacher maps are degenerate."""
 REFERENCE_WARMUP = (20.0, 240)
 """Official CIFAR-100 ReviewKD: warm-up 20 of 240 epochs (seed_methods.md 1.7)."""
 
@@ -143,8 +145,13 @@ class ReviewKDDistiller(Distiller):
         # The pipeline provides input-level saliency (cache or explainer); per-stage Grad-CAM is
         # computed here from the teacher itself.
         self.needs_saliency = p.saliency_mix > 0 and p.saliency_levels == "input"
-        self.warmup_epochs = resolve_warmup(p.warmup_epochs, context.epochs,
-                                            f"{context.extras.get('path', 'reviewkd')}.params")
+        self.path = str(context.extras.get("path", "reviewkd"))
+        self.warmup_epochs = resolve_warmup(p.warmup_epochs, context.epochs, f"{self.path}.params")
+        self.saliency_source = ("the teacher's per-stage Grad-CAM" if p.saliency_levels == "per_stage"
+                                else "the teacher's saliency maps")
+        """Where the weighting maps come from, for messages (the pipeline names the explainer,
+        its layer and its native map size: xkd.pipeline.teacher_saliency)."""
+        self._warned_degenerate = False
 
     def _target_rule(self, context: DistillContext) -> str:
         if self.params.explainer is not None and self.params.explainer.target is not None:
@@ -172,6 +179,18 @@ class ReviewKDDistiller(Distiller):
 
     def extra_modules(self) -> list[nn.Module]:
         return [self.abfs]
+
+    def epoch_end(self, row: dict[str, Any]) -> None:
+        """Warn once when most of an epoch's teacher maps were all-zero or constant: their
+        weights are uniform, so the weighted variant trained as plain ReviewKD (notes 7.2)."""
+        frac = (row.get("logs") or {}).get("sal_degenerate_frac")
+        if self._warned_degenerate or frac is None or frac <= DEGENERATE_WARN_FRAC:
+            return
+        self._warned_degenerate = True
+        warn(f"{self.path}.params.saliency_mix: {frac:.0%} of epoch {row.get('epoch', '?')}'s "
+             f"teacher maps are all-zero or constant ({self.saliency_source}), so their weights are "
+             "uniform and the weighted review is plain ReviewKD; pick an earlier layer, e.g. "
+             "explain.params.layer: -2 (or params.explainer.params.layer)")
 
     # -- taps and forward ---------------------------------------------------------------------
     def _student_taps(self, f: Features) -> list[torch.Tensor]:

@@ -2,7 +2,13 @@
 
 For a level of size h×w: M_j = area-resize(M, h×w) (adaptive average pooling when shrinking,
 bilinear when enlarging); Ŵ_j = M_j / mean_hw(M_j) per sample, uniform (1) where the map is all
-zero (mean < eps) or the sample is gated; W_j = (1 − a) + a · Ŵ_j with a = ``saliency_mix``.
+zero (mean < eps), carries no location (:func:`degenerate`: constant, also after a zero-padded
+crop) or the sample is gated; W_j = (1 − a) + a · Ŵ_j with a = ``saliency_mix``.
+
+Diagnostics (training logs): ``sal_uniform_frac``, the fraction of samples whose weights end up
+uniform at a level for any reason (all-zero or constant map, gated, a 1x1 level), averaged over
+the levels; ``sal_degenerate_frac``, the fraction whose teacher map itself carries no location
+(e.g. Grad-CAM of a 1x1 last stage): for those the weighted variant is plain ReviewKD.
 
 Options: ``shuffle`` gives every sample another sample's map (a random derangement of the batch,
 the "where vs. merely re-weighting" control); ``gate_wrong`` makes the weights uniform where the
@@ -71,6 +77,21 @@ def derangement(n: int, device: torch.device | str = "cpu",
     perm = torch.empty_like(order)
     perm[order] = order.roll(-1)
     return perm.to(device)
+
+
+def degenerate(m: torch.Tensor, rel: float = 1e-6, support: float = 0.5) -> torch.Tensor:
+    """(B,) bool: a non-negative map that carries no location: all zero, not finite, or one
+    constant value (max - min of its positive values within ``rel`` of the max) over at least
+    ``support`` of the pixels, the rest zero: Grad-CAM of a 1x1 stage upsampled, also after a
+    zero-padded random crop. A constant block on a small part of the map still says where."""
+    flat = m.detach().flatten(1).float()
+    bad = ~torch.isfinite(flat).all(dim=1)
+    flat = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
+    pos = flat > EPS
+    hi = flat.amax(dim=1)
+    lo = torch.where(pos, flat, torch.full_like(flat, float("inf"))).amin(dim=1)
+    constant = ((hi - lo) <= rel * hi) & (pos.float().mean(dim=1) >= support)
+    return bad | (hi <= EPS) | constant
 
 
 def level_weights(m: torch.Tensor, size: tuple[int, int], mix: float,
@@ -144,10 +165,13 @@ class SaliencyWeighting:
         if self.shuffle and maps[0].shape[0] > 1:
             perm = derangement(maps[0].shape[0], device=maps[0].device)
             maps = [m[perm] for m in maps]
-        gates = [self._gate(m, labels, teacher_logits) for m in maps]
+        degen = [degenerate(m) for m in maps]  # no location in the map itself: uniform weights
+        gates = [self._gate(m, labels, teacher_logits) | d for m, d in zip(maps, degen)]
         if len(maps) == 1:
             maps, gates = maps * len(sizes), gates * len(sizes)
         out = [level_weights(m, size, self.mix, g) for m, g, size in zip(maps, gates, sizes)]
-        diag = {"sal_uniform_frac": torch.stack([g.float().mean() for g in gates]).mean(),
+        uniform = torch.stack([degenerate(w).float().mean() for w in out])  # any reason, per level
+        diag = {"sal_uniform_frac": uniform.mean(),
+                "sal_degenerate_frac": torch.stack([d.float().mean() for d in degen]).mean(),
                 "sal_peak": out[0].flatten(1).amax(dim=1).mean()}
         return out, diag
