@@ -1,0 +1,7 @@
+"""``python -m xkd.reproduce``."""
+
+import sys
+
+from xkd.reproduce.cli import main
+
+sys.exit(main())
