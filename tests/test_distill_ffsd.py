@@ -187,3 +187,23 @@ def test_smoke_run_of_the_experiment_file(tmp_path):
 @pytest.mark.parametrize("name", ["ffsd.yaml", "ffsd_digits.yaml"])
 def test_full_file_smoke_runs(tmp_path, name):
     smoke_run_experiment(name, tmp_path / "run", [])
+
+
+def test_a_warmup_longer_than_the_schedule_warns_once_with_the_reached_factor(capsys):
+    """warm-up 5 with 4 epochs: every λ peaks at exp(-5 (1 - 4/5)²) = 0.819 in the last epoch."""
+    import math
+
+    from xkd.distill.ffsd.modules import warmup_weight
+
+    student = build_model("resnet8", num_classes=4, in_channels=3, image_size=16)
+    ctx = DistillContext(example=torch.randn(1, 3, 16, 16), num_classes=4, epochs=4,
+                         extras={"path": "students[3]"})
+    build_distiller("ffsd", student, None, {"warmup_epochs": 5}, ctx)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+    peak = warmup_weight(1.0, 4, 5)
+    assert peak == pytest.approx(math.exp(-5 * 0.2 ** 2))
+    assert len(lines) == 1 and "students[3].params.warmup_epochs" in lines[0] and f"{peak:.2f}" in lines[0]
+    ctx.epochs = 5  # reaches full weight in the last epoch: no word
+    build_distiller("ffsd", build_model("resnet8", num_classes=4, in_channels=3, image_size=16), None,
+                    {"warmup_epochs": 5}, ctx)
+    assert not [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]

@@ -47,7 +47,7 @@ from xkd.distill.ffsd.modules import (FusionModule, SelfDistillationModule, Tran
                                       shifted_feature, warmup_weight)
 from xkd.distill.kd import require_classification
 from xkd.losses import kd_loss
-from xkd.errors import UserError
+from xkd.errors import UserError, warn
 from xkd.models.base import FeatureModel, describe
 from xkd.models.cifar_resnet import init_weights
 
@@ -102,6 +102,12 @@ class FFSDDistiller(Distiller):
                  context: DistillContext) -> None:
         require_classification("ffsd", context)
         super().__init__(student, None, params, context)  # online: any teacher is ignored
+        e, w = context.epochs, params.warmup_epochs
+        if 0 < w and e < w:  # the 1-indexed last epoch e never reaches W: every λ stays below 1
+            field = f"{context.extras.get('path', 'ffsd')}.params.warmup_epochs"
+            warn(f"{field}: warm-up {w} with {e} epoch{'s' if e != 1 else ''}: every λ reaches at most "
+                 f"{warmup_weight(1.0, e, w):.2f} of its value (last epoch); set {field} to at most {e} "
+                 "(0 = none) or train longer")
         ex = context.example if context.example.dim() == 4 else context.example.unsqueeze(0)
         dev = next(student.parameters()).device
         stages, _ = describe(student, ex.to(dev))
