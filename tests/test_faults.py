@@ -515,3 +515,33 @@ def test_lax_values_in_registered_params_are_refused(tmp_path, capsys, overrides
     args = [tmp_path / "exp.yaml", "--check"] + [a for o in overrides for a in ("--set", o)]
     rc, _, err = cli(args, capsys)
     assert rc == 2 and re.search(path, one_line(err)), err
+
+
+@pytest.mark.slow  # ~30 s on the shared 2-core machine: a fresh interpreter, then a resume
+def test_killed_run_is_interrupted_and_resumes(tmp_path, capsys):
+    """A real ``python -m xkd.run`` killed (-9) mid-training: its status still says running, but
+    run_state (and so --resume and the viewer) says interrupted; --resume takes the folder over."""
+    from xkd.runfolder import run_state
+
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(small(train={"epochs": 4, "batch_size": 16})))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XKD_NO_PROGRESS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "xkd.run", str(tmp_path / "exp.yaml"), "--out", str(run)],
+                         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hist = run / "teacher" / "history.jsonl"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (hist.is_file() and hist.read_text().count("\n") >= 1):
+            assert p.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        assert run_state(run) == "running"
+    finally:
+        p.kill()
+        p.wait()
+    assert json.loads((run / "status.json").read_text())["state"] == "running"
+    assert run_state(run) == "interrupted"
+    rc, out, err = cli([tmp_path / "exp.yaml", "--resume", "--out", run], capsys)
+    assert rc == 0, err
+    assert "resuming a run that is interrupted" in out and "was interrupted; taking the run folder over" in out
+    assert [json.loads(ln)["epoch"] for ln in hist.read_text().splitlines()] == [1, 2, 3, 4]
+    assert run_state(run) == "complete" and tmp_files(run) == []

@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     init_distributed(timeout_s=round(cfg.distributed.timeout_minutes * 60))
 
     def choose() -> Path:  # the folder is resolved and shown in full before anything is written
-        from xkd.runfolder import run_state
+        from xkd.runfolder import lock_run, run_state
 
         run_dir = _choose_dir(cfg, args)
         if args.resume:
@@ -152,13 +152,19 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             print(f"[xkd] run folder: {run_dir} (resuming a run that is {run_state(run_dir)})", flush=True)
         else:
             print(f"[xkd] run folder: {run_dir}", flush=True)
+        held.append(lock_run(run_dir))  # one writer: refused here, on rank 0, before any rank starts
         return run_dir
 
+    held: list[Any] = []
     run_dir = _on_rank0(choose)
     from xkd.pipeline.session import run_session
 
-    summary = run_session(cfg, run_dir, resume=args.resume, smoke=args.smoke,
-                          argv=["python", "-m", "xkd.run", *argv])
+    try:
+        summary = run_session(cfg, run_dir, resume=args.resume, smoke=args.smoke,
+                              argv=["python", "-m", "xkd.run", *argv])
+    finally:
+        for lock in held:
+            lock.release()
     if is_main_process():
         from xkd.pipeline.summary_table import format_summary
 

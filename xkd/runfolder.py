@@ -139,13 +139,19 @@ class RunLock:
     path: Path
     fd: int
     previous: dict[str, Any]
+    key: str = ""
+    count: int = 1
 
     def release(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
+        """Drop one hold; the lock goes when the last holder of this process lets go."""
+        self.count -= 1
+        if self.count > 0 or self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = -1
+        _held.pop(self.key, None)
 
     def __enter__(self) -> "RunLock":
         return self
@@ -162,11 +168,19 @@ def _holder(fd: int) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+_held: dict[str, RunLock] = {}
+
+
 def lock_run(run_dir: str | Path, wait: float = 1.0) -> RunLock:
     """Take the one-writer lock of ``run_dir`` (created if needed) or raise one UserError line
     naming the process that holds it. A lock left by a killed process is free again (the kernel
-    drops ``flock`` locks with their process): it is taken over."""
+    drops ``flock`` locks with their process): it is taken over. Within one process the lock is
+    re-entrant (``xkd.run`` takes it when it picks the folder, the session again)."""
     root = Path(run_dir)
+    key = str(root.resolve())
+    if key in _held:
+        _held[key].count += 1
+        return _held[key]
     path = root / LOCK
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -195,7 +209,8 @@ def lock_run(run_dir: str | Path, wait: float = 1.0) -> RunLock:
     except OSError as e:
         os.close(fd)
         raise io.write_error(path, e) from None
-    return RunLock(path, fd, previous)
+    _held[key] = RunLock(path, fd, previous, key)
+    return _held[key]
 
 
 # ----------------------------------------------------------------------------- status
