@@ -111,3 +111,16 @@ def test_resnet18_gradcam_cache_of_224px_folder_is_under_4kb_per_map(tmp_path):
     imagenet = B.Layout(1_281_167, 7, 7, B.default_block(7, 7))  # the same layout at ImageNet size
     assert imagenet.file_bytes / imagenet.n < 104  # 98 B of float16 + 4 B scale (+ trailer, padding)
     assert c[0].shape == (1, 224, 224) and float(c[0].max()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_storage_size_larger_than_the_images_is_refused_by_check(write_experiment, capsys):
+    from tests.conftest import tiny_experiment
+    from xkd.run import main
+
+    exp = tiny_experiment(students=[{"name": "w", "method": "reviewkd", "model": {"name": "resnet8"},
+                                     "params": {"saliency_mix": 0.5, "warmup_epochs": 0}}],
+                          explain={"storage_size": 64})
+    assert main([str(write_experiment(exp)), "--check"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: explain.storage_size: 64 is larger than the images (16x16); allowed: "
+                   "'auto', 'input' or an integer <= 16"]

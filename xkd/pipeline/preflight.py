@@ -76,6 +76,10 @@ def preflight(cfg: ExperimentConfig, smoke: bool = False) -> None:
             except Exception as e:  # noqa: BLE001
                 raise UserError(f"{path}.params.explainer: {str(e).splitlines()[-1]}") from None
             ex = build_from_config(ecfg, teacher, path=f"{path}.params.explainer")
+            if ecfg.cache:  # explain.storage_size against the image size, before any training
+                from xkd.explain.storage import resolve as storage_size
+
+                storage_size(ecfg.storage_size, ex, b.train[0]["image"], spec.get("read_size"))
             warn_if_constant_maps(ex, b.train[0]["image"].unsqueeze(0), "explain" if not
                                   (sc.params or {}).get("explainer") else f"{path}.params.explainer",
                                   f"the saliency weighting of {path} does nothing (plain ReviewKD)")
