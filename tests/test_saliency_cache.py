@@ -220,3 +220,17 @@ def test_cached_map_follows_image_through_joint_augmentation(tmp_path):
             assert torch.allclose(s["saliency"], fresh, atol=1e-3)  # ... as if explained afresh
             moved += int(not torch.equal(spot, cache[i]))
     assert moved >= 9  # the augmentation really moved most samples
+
+
+def test_cache_of_the_older_npy_format_is_replaced(tmp_path, teacher):
+    from xkd.explain.cache_store import write_index
+
+    cfg_settings = E.build_from_config(CFG, teacher).settings()
+    old = tmp_path / "gradcam-0123456789abcdef.npy"
+    np.save(old, np.zeros((10, 1, 16, 16), np.float16))
+    write_index(tmp_path, {"f" * 64: {"file": old.name, "complete": True, "dtype": "float16",
+                                      "dataset_identity": "images:n=10:seed=5", "explainer": cfg_settings,
+                                      "target": CFG.target, "shape": [10, 1, 16, 16], "sha256": "0" * 64}})
+    c = _build(tmp_path, teacher)
+    assert c.status == "built" and not old.exists()
+    assert list(json.loads((tmp_path / "index.json").read_text())["caches"]) == [c.key]

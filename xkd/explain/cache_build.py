@@ -75,6 +75,9 @@ def _plan(root: Path, key: str, slot: dict[str, Any], entry: dict[str, Any],
     stale = [k for k, e in caches.items() if k != key and _same_slot(e, slot)]
     if problem == "missing" and stale:
         problem = "stale (built for other teacher weights)"
+    same = ("dataset_identity", "explainer", "target")  # an older format's cache of these maps
+    stale += [k for k, e in caches.items() if k != key and e.get("format") != B.FORMAT
+              and all(e.get(f) == slot[f] for f in same)]
     for k in stale:  # a run's old teacher: its maps can never be used again
         old_file = root / str(caches.pop(k).get("file", ""))
         old_file.unlink(missing_ok=True)
