@@ -247,3 +247,14 @@ def test_full_cifar100_dry_run(tmp_path, monkeypatch):
     assert len({r["file"] for r in rows}) == len(load_suite("cifar100").runs)
     assert {r["state"] for r in rows} == {"complete"}
     print(f"full cifar100 dry run: {time.perf_counter() - t0:.0f} s")
+
+
+def test_teachers_dir_replaces_the_files_checkpoint_folder():
+    from xkd.reproduce.runner import _teacher_override
+
+    suite = load_suite("cifar100")
+    by = {r.file: suite.path(r) for r in suite.runs}
+    assert _teacher_override(by["resnet56_resnet20.yaml"], "/t") == [
+        "teacher.model.checkpoint=/t/resnet56_vanilla/ckpt_epoch_240.pth"]
+    assert _teacher_override(by["resnet56_resnet20.yaml"], None) == []
+    assert _teacher_override(by["ffsd.yaml"], "/t") == []  # no teacher

@@ -71,7 +71,8 @@ def provenance(doc: Document, data: RunData, comp: Computed, subset: int | None)
              f"hardware: training device {env.get('device', '-')}, {env.get('cpu_threads', '-')} CPU "
              f"threads, {env.get('platform', '-')}; report metrics on {comp.device}; "
              f"git {env.get('git_commit', '-')}",
-             f"deterministic mode: {cfg.deterministic}; AMP: {cfg.train.amp} (CUDA only)"]
+             f"deterministic mode: {cfg.deterministic}; AMP: {cfg.train.amp} ({cfg.train.amp_dtype}; "
+             f"float16 on CUDA only); channels_last: {cfg.train.channels_last} (CUDA only)"]
     doc.items(lines)
     doc.h("Conventions", 3)
     doc.items([

@@ -7,8 +7,9 @@
   torchvision skip that one check while the dry run reads them; everything else (paths, pickle
   layout, xkd's wrapper, transforms) is the real code path.
 * ImageNet-style image folder: ``ROOT/{train,test}/<wnid>/<name>.JPEG`` of mixed sizes.
-* A teacher checkpoint: the file's teacher model with fresh weights, saved as ``{"model":
-  state_dict}`` the way training scripts do (``teacher.pretrained`` reads it like a real one).
+* A teacher checkpoint: the file's teacher model with fresh weights, wrapped like the community
+  CIFAR-100 teachers (``{"model": state_dict, "epoch": ..., "best_acc": ...}``) but with xkd's key
+  names; ``teacher.pretrained`` reads it like a real one.
 
 Images are seeded noise around a class-dependent colour, so nothing is downloaded or learned.
 """
@@ -98,12 +99,12 @@ def write_imagefolder(root: str | Path, classes: int = 4, train_per_class: int =
 
 def write_teacher(path: str | Path, model: ModelConfig, num_classes: int, in_channels: int = 3,
                   image_size: int = 32, seed: int = 0) -> Path:
-    """The teacher of ``model`` with fresh (seeded) weights, saved as ``{"model": state_dict}``."""
+    """The teacher of ``model`` with fresh (seeded) weights, saved as ``{"model": state_dict, ...}``."""
     from xkd.models import build
 
     torch.manual_seed(seed)
     net = build(model.model_copy(update={"checkpoint": None}), num_classes=num_classes,
                 in_channels=in_channels, image_size=image_size, path="teacher.model")
     path = Path(path)
-    torch_save(path, {"model": net.state_dict()})
+    torch_save(path, {"model": net.state_dict(), "epoch": 240, "best_acc": 0.0})  # the community wrapper
     return path
