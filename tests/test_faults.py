@@ -282,6 +282,11 @@ def test_huge_file_refused_before_parsing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(yaml, "safe_load", lambda *a, **k: pytest.fail("parsed a 50 MB file"))
     rc, _, err = cli([big, "--check"], capsys)
     assert rc == 2 and "50.0 MB" in one_line(err) and "1 MB" in one_line(err), err
+    # refused before torch and the registries are even imported (a second, not 30 s and 1 GB)
+    code = ("import sys; from xkd.run import main; rc = main([sys.argv[1], '--check']); "
+            "print(rc, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(big)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr
 
 
 # ----------------------------------------------------------------------------- one writer

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from xkd.config.loading import check_file
+
+    check_file(args.experiment)  # before torch and the registries are imported
     from xkd.pipeline import checks as C
     from xkd.engine import init_distributed, is_main_process
     from xkd.pipeline.preflight import preflight

@@ -191,9 +191,9 @@ def _with_base(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[
     return merge_base(load_raw(target, seen), raw)
 
 
-def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read an experiment YAML with ``safe_load``; errors name the file. A top-level ``base: FILE``
-    is resolved first: the file's sections are laid on those of FILE (see :func:`merge_base`)."""
+def check_file(path: str | Path) -> Path:
+    """An experiment file exists and is small enough to be one (checked before anything heavy is
+    imported or read: a 50 MB file is refused in a second, not after parsing it)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"experiment file not found: {path}")
@@ -201,6 +201,13 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if size > MAX_FILE_BYTES:
         raise UserError(f"{path}: {size / 2**20:.1f} MB is too large for an experiment file (at most "
                         f"{MAX_FILE_BYTES // 2**20} MB); is this the right file?")
+    return path
+
+
+def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read an experiment YAML with ``safe_load``; errors name the file. A top-level ``base: FILE``
+    is resolved first: the file's sections are laid on those of FILE (see :func:`merge_base`)."""
+    path = check_file(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
