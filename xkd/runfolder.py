@@ -16,7 +16,6 @@ every epoch), so :func:`run_state` tells a live run from an interrupted one.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -29,6 +28,11 @@ from typing import Any, Iterator
 
 from xkd import io
 from xkd.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no lock; run_state relies on the heartbeat alone
+    fcntl = None  # type: ignore[assignment]
 
 LOCK = ".lock"
 HEARTBEAT_SECONDS = 15.0
@@ -182,6 +186,9 @@ def lock_run(run_dir: str | Path, wait: float = 1.0) -> RunLock:
         _held[key].count += 1
         return _held[key]
     path = root / LOCK
+    if fcntl is None:
+        root.mkdir(parents=True, exist_ok=True)
+        return RunLock(path, -1, {}, key)
     try:
         root.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -318,7 +325,7 @@ def run_state(folder: str | Path, status: dict[str, Any] | None = None) -> str:
     pid, host = status.get("pid"), status.get("host")
     if not isinstance(pid, int) or not host:
         return "running"  # written by an xkd that did not record its writer: cannot tell
-    if host == socket.gethostname():
+    if host == socket.gethostname() and fcntl is not None:
         free = _lock_free(root / LOCK)
         alive = (not free) if free is not None else _pid_alive(pid)
     else:
