@@ -30,6 +30,18 @@ from xkd.errors import UserError
 from xkd.models.base import FeatureModel
 
 
+def explanation_cosine(teacher: FeatureModel, x: torch.Tensor, target: torch.Tensor,
+                       s_stage: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:
+    """cos(E_S, E_T) per sample (B,): the student's differentiable Grad-CAM at ``s_stage`` and the
+    teacher's detached Captum Grad-CAM at its last stage, both upsampled to the input size; the
+    e2KD loss is 1 − cos. Also used by ``reviewkd``'s ``e2kd_weight``."""
+    size = tuple(x.shape[-2:])
+    with torch.enable_grad():
+        e_s = differentiable_gradcam(s_stage, s_logits, target, size)
+        e_t = captum_gradcam(teacher, teacher.stage_layers()[-1], x, target, size)
+    return F.cosine_similarity(e_s.flatten(1).float(), e_t.flatten(1), dim=1, eps=1e-8)
+
+
 class E2KDParams(MethodParams):
     ce_weight: float = Field(1.0, ge=0, description="ground-truth CE weight (paper: 0)")
     kd_weight: float = Field(1.0, ge=0, description="weight of the bracket [KD + lambda_exp·explanation]")
@@ -66,8 +78,7 @@ class E2KDDistiller(Distiller):
         target = t_logits.argmax(dim=1) if p.target == "teacher_top1" else batch["label"].long()
         with torch.enable_grad():
             s_feat = self.student.features(x)
-            e_s, e_t = self.explanations(x, target, s_feat.stages[-1], s_feat.logits)
-        cos = F.cosine_similarity(e_s.flatten(1).float(), e_t.flatten(1), dim=1, eps=1e-8)
+            cos = explanation_cosine(self.teacher, x, target, s_feat.stages[-1], s_feat.logits)
         losses = {"ce": p.ce_weight * task_loss(s_feat.logits, batch["label"]),
                   "kd": p.kd_weight * kd_loss(s_feat.logits, t_logits, p.T),
                   "exp": (p.kd_weight * p.lambda_exp) * (1.0 - cos).mean()}

@@ -28,6 +28,8 @@ from torch import nn
 from xkd.distill.reviewkd.abf import ReviewChain
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
 from xkd.losses import hcl, kd_loss, task_loss, warmup_factor, weighted_hcl
+from xkd.distill.reviewkd.guidance import (GuidanceParams, attention_target, e2kd_term,
+                                           fgd_attention, split_review)
 from xkd.distill.reviewkd.weights import SaliencyWeighting
 from xkd.errors import UserError, warn
 from xkd.models.base import Features, FeatureModel, describe
@@ -44,7 +46,7 @@ class ExplainerOverride(MethodParams):
     max_batch: int | None = Field(None, ge=1)
 
 
-class ReviewKDParams(MethodParams):
+class ReviewKDParams(GuidanceParams):
     review_weight: float = Field(1.0, ge=0, description="λ of the review (HCL) term; the paper "
                                  "uses 0.6-8 on CIFAR (5 for most pairs), 1 on ImageNet")
     warmup_epochs: float | None = Field(
@@ -76,6 +78,11 @@ class ReviewKDParams(MethodParams):
             raise ValueError(f"saliency_levels 'per_stage' uses the teacher's Grad-CAM at each "
                              f"stage; explainer.method must be 'gradcam' or unset, got "
                              f"'{self.explainer.method}'")
+        if self.split and self.saliency_mix > 0:
+            raise ValueError(f"fg_weight/bg_weight replace the saliency-weighted HCL; set "
+                             f"saliency_mix to 0 (got {self.saliency_mix})")
+        if self.saliency_adaptive is not None and self.saliency_mix == 0:
+            raise ValueError("saliency_adaptive scales saliency_mix per sample; set saliency_mix > 0")
         return self
 
 
@@ -117,8 +124,10 @@ class ReviewKDDistiller(Distiller):
                  context: DistillContext) -> None:
         super().__init__(student, teacher, params, context)
         p, self.task = params, context.task
-        if self.task != "classification" and (p.kd_weight > 0 or p.gate_wrong):
-            raise UserError(f"reviewkd: kd_weight > 0 and gate_wrong need a classification task, "
+        if self.task != "classification" and (p.kd_weight > 0 or p.gate_wrong or p.e2kd_weight > 0
+                                              or p.saliency_adaptive == "confidence"):
+            raise UserError(f"reviewkd: kd_weight > 0, e2kd_weight > 0, gate_wrong and "
+                            f"saliency_adaptive 'confidence' need a classification task, "
                             f"got task '{self.task}'")
         ex = context.example if context.example.dim() == 4 else context.example.unsqueeze(0)
         s_info, s_pooled = describe(student, ex.to(_device(student)))
@@ -138,13 +147,14 @@ class ReviewKDDistiller(Distiller):
                                 [t.channels for t in t_sel] + [t_pooled],
                                 self.level_sizes + [(1, 1)], mid)
         self.weighting: SaliencyWeighting | None = None
-        if p.saliency_mix > 0:
+        if p.saliency_mix > 0 or p.uses_maps():
             self.weighting = SaliencyWeighting(p.saliency_mix, p.saliency_shuffle, p.gate_wrong,
                                                p.gate_diffuse, p.saliency_levels,
-                                               self._target_rule(context), self.task)
+                                               self._target_rule(context), self.task,
+                                               invert=p.saliency_invert, adaptive=p.saliency_adaptive)
         # The pipeline provides input-level saliency (cache or explainer); per-stage Grad-CAM is
         # computed here from the teacher itself.
-        self.needs_saliency = p.saliency_mix > 0 and p.saliency_levels == "input"
+        self.needs_saliency = self.weighting is not None and p.saliency_levels == "input"
         self.path = str(context.extras.get("path", "reviewkd"))
         self.warmup_epochs = resolve_warmup(p.warmup_epochs, context.epochs, f"{self.path}.params")
         self.saliency_source = ("the teacher's per-stage Grad-CAM" if p.saliency_levels == "per_stage"
@@ -203,18 +213,31 @@ class ReviewKDDistiller(Distiller):
     def review_losses(self, batch: dict[str, torch.Tensor], s_feat: Features, t_feat: Features
                       ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """HCL per level (shallow -> deep, pooled last) and saliency diagnostics."""
-        outs, _ = self.abfs(self._student_taps(s_feat))
+        p = self.params
+        outs, atts = self.abfs(self._student_taps(s_feat))
         targets = [t.detach() for t in self._teacher_taps(t_feat)]
+        extra: dict[str, torch.Tensor] = {}
+        if p.fgd_attention_weight > 0 and p.fgd_temperature is not None:
+            extra["fgd_attention"] = fgd_attention(outs[:-1], targets[:-1], p.fgd_temperature)
         if self.weighting is None:
-            return [hcl(u, t) for u, t in zip(outs, targets)], {}
+            return [hcl(u, t) for u, t in zip(outs, targets)], extra
         layers = None
-        if self.params.saliency_levels == "per_stage":
+        if p.saliency_levels == "per_stage":
             all_layers = self.teacher.stage_layers()
             layers = [all_layers[i] for i in self.teacher_stage_ids]
-        weights, diag = self.weighting.weights(batch, t_feat.logits, self.level_sizes,
-                                               self.teacher, layers)
-        levels = [weighted_hcl(u, t, w) for u, t, w in zip(outs[:-1], targets[:-1], weights)]
-        return levels + [hcl(outs[-1], targets[-1])], diag
+        maps = self.weighting.maps(batch, t_feat.logits, self.n_levels, self.teacher, layers)
+        level_maps = self.weighting.oriented(maps if len(maps) == self.n_levels else maps * self.n_levels)
+        if p.attention_target_weight > 0:
+            extra["attention_target"] = attention_target(atts[:-1], level_maps)
+        if p.split:
+            levels, diag = split_review(outs[:-1], targets[:-1], level_maps, p)
+        elif p.saliency_mix > 0:
+            weights, diag = self.weighting.weights(batch, t_feat.logits, self.level_sizes,
+                                                   self.teacher, layers, maps=maps)
+            levels = [weighted_hcl(u, t, w) for u, t, w in zip(outs[:-1], targets[:-1], weights)]
+        else:
+            levels, diag = [hcl(u, t) for u, t in zip(outs[:-1], targets[:-1])], {}
+        return levels + [hcl(outs[-1], targets[-1])], {**diag, **extra}
 
     def forward(self, batch: dict[str, torch.Tensor], epoch: int) -> StepOutput:
         p, x = self.params, batch["image"]
@@ -228,7 +251,15 @@ class ReviewKDDistiller(Distiller):
                   "review": (p.review_weight * warm) * torch.stack(levels).sum()}
         if p.kd_weight > 0:
             losses["kd"] = p.kd_weight * kd_loss(s_feat.logits, t_feat.logits, p.T)
+        for name, weight in (("attention_target", p.attention_target_weight),
+                             ("fgd_attention", p.fgd_attention_weight)):
+            if name in diag:
+                losses[name] = (weight * warm) * diag.pop(name)
         logs = {"review_warmup": warm}
+        if p.e2kd_weight > 0:
+            exp, cos = e2kd_term(self.teacher, x, t_feat.logits.argmax(dim=1), s_feat.stages[-1],
+                                 s_feat.logits)
+            losses["exp"], logs["exp_cos"] = p.e2kd_weight * exp, float(cos)
         if diag:
             values = torch.stack(list(diag.values())).tolist()
             logs.update(zip(diag.keys(), values))

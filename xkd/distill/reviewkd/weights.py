@@ -94,9 +94,10 @@ def degenerate(m: torch.Tensor, rel: float = 1e-6, support: float = 0.5) -> torc
     return bad | (hi <= EPS) | constant
 
 
-def level_weights(m: torch.Tensor, size: tuple[int, int], mix: float,
+def level_weights(m: torch.Tensor, size: tuple[int, int], mix: float | torch.Tensor,
                   uniform: torch.Tensor | None = None) -> torch.Tensor:
-    """W_j (B,1,h,w) = (1 − mix) + mix · M_j / mean(M_j); rows in ``uniform`` (B,) bool get 1."""
+    """W_j (B,1,h,w) = (1 − mix) + mix · M_j / mean(M_j); rows in ``uniform`` (B,) bool get 1.
+    ``mix`` is a float or a per-sample (B,1,1,1) tensor (``adaptive_mix``)."""
     mj = resize_map(m.float().clamp_min(0), size)
     mean = mj.mean(dim=(1, 2, 3), keepdim=True)
     flat = (mean < EPS) | ~torch.isfinite(mean)
@@ -115,8 +116,10 @@ class SaliencyWeighting:
     """
 
     def __init__(self, mix: float, shuffle: bool, gate_wrong: bool, gate_diffuse: float | None,
-                 levels: str, target_rule: str, task: str) -> None:
+                 levels: str, target_rule: str, task: str, invert: bool = False,
+                 adaptive: str | None = None) -> None:
         self.mix, self.shuffle, self.gate_wrong = mix, shuffle, gate_wrong
+        self.invert, self.adaptive = invert, adaptive
         self.gate_diffuse, self.levels, self.task = gate_diffuse, levels, task
         self.target_rule = target_rule
         self.explainer: Any = None
@@ -146,17 +149,13 @@ class SaliencyWeighting:
         target = resolve_target(self.target_rule, batch["label"], teacher_logits, self.task)
         return self.explainer.explain(batch["image"], target).detach().float()
 
-    def weights(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor,
-                sizes: list[tuple[int, int]], teacher: nn.Module | None = None,
-                layers: list[nn.Module] | None = None
-                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        """One weight map per spatial level (``sizes`` shallow -> deep) and cheap diagnostics.
-
-        ``teacher`` and its paired stage ``layers`` are needed for ``levels='per_stage'``.
-        """
-        labels = batch.get("label") if self.task == "classification" else None
+    def maps(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor, n_levels: int,
+             teacher: nn.Module | None = None, layers: list[nn.Module] | None = None
+             ) -> list[torch.Tensor]:
+        """The teacher maps of one batch (one per level for ``per_stage``, else one input-level
+        map), after the shuffle control (before ``invert``, see :meth:`oriented`)."""
         if self.levels == "per_stage":
-            if teacher is None or layers is None or len(layers) != len(sizes):
+            if teacher is None or layers is None or len(layers) != n_levels:
                 raise ValueError("per_stage saliency needs the teacher and one layer per level")
             target = resolve_target(self.target_rule, batch["label"], teacher_logits, self.task)
             maps = [captum_gradcam(teacher, layer, batch["image"], target) for layer in layers]
@@ -165,13 +164,55 @@ class SaliencyWeighting:
         if self.shuffle and maps[0].shape[0] > 1:
             perm = derangement(maps[0].shape[0], device=maps[0].device)
             maps = [m[perm] for m in maps]
+        return maps
+
+    def oriented(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The maps the terms follow: 1 − M/max(M) with ``invert`` (the background), else M."""
+        return [invert_map(m) for m in maps] if self.invert else maps
+
+    def weights(self, batch: dict[str, torch.Tensor], teacher_logits: torch.Tensor,
+                sizes: list[tuple[int, int]], teacher: nn.Module | None = None,
+                layers: list[nn.Module] | None = None, maps: list[torch.Tensor] | None = None
+                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """One weight map per spatial level (``sizes`` shallow -> deep) and cheap diagnostics.
+
+        ``teacher`` and its paired stage ``layers`` are needed for ``levels='per_stage'``;
+        ``maps`` (from :meth:`maps`) skips fetching them again.
+        """
+        labels = batch.get("label") if self.task == "classification" else None
+        if maps is None:
+            maps = self.maps(batch, teacher_logits, len(sizes), teacher, layers)
+        mix: float | torch.Tensor = self.mix
+        if self.adaptive is not None:
+            mix = adaptive_mix(self.mix, self.adaptive, maps[-1], teacher_logits)
         degen = [degenerate(m) for m in maps]  # no location in the map itself: uniform weights
         gates = [self._gate(m, labels, teacher_logits) | d for m, d in zip(maps, degen)]
+        maps = self.oriented(maps)  # degenerate/gates judge the teacher's own map
         if len(maps) == 1:
             maps, gates = maps * len(sizes), gates * len(sizes)
-        out = [level_weights(m, size, self.mix, g) for m, g, size in zip(maps, gates, sizes)]
+        out = [level_weights(m, size, mix, g) for m, g, size in zip(maps, gates, sizes)]
         uniform = torch.stack([degenerate(w).float().mean() for w in out])  # any reason, per level
         diag = {"sal_uniform_frac": uniform.mean(),
                 "sal_degenerate_frac": torch.stack([d.float().mean() for d in degen]).mean(),
                 "sal_peak": out[0].flatten(1).amax(dim=1).mean()}
         return out, diag
+
+
+def invert_map(m: torch.Tensor) -> torch.Tensor:
+    """1 − M / max_hw(M) per sample (issue 15's background weighting): weight where the teacher
+    does not look; an all-zero map stays uninformative (constant 1, i.e. uniform weights)."""
+    m = m.float().clamp_min(0)
+    peak = m.flatten(1).amax(dim=1).view(-1, *([1] * (m.dim() - 1)))
+    return 1.0 - m / peak.clamp_min(EPS)
+
+
+def adaptive_mix(mix: float, rule: str, m: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Per-sample mix (B,1,1,1) a_i = mix · c_i: c_i = the teacher's max softmax probability
+    (``confidence``) or the map's concentration 1 − H(M/ΣM)/log N (``concentration``)."""
+    if rule == "confidence":
+        c = torch.softmax(teacher_logits.detach().float(), dim=1).amax(dim=1)
+    elif rule == "concentration":
+        c = 1.0 - normalised_entropy(m.float())
+    else:
+        raise UserError(f"saliency_adaptive: '{rule}' is not supported; allowed: confidence, concentration")
+    return (mix * c.clamp(0, 1)).to(m.device).view(-1, 1, 1, 1)
