@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -124,3 +125,34 @@ def test_chunks_follow_the_activation_size_and_max_batch_stays_an_upper_bound():
         _forward.ACTIVATION_BUDGET["cpu"] = budget
     assert torch.allclose(ref.curves, small.curves, rtol=0, atol=1e-6)
     assert not ref.values.is_inference() and not ref.curves.is_inference()
+
+
+class ViewNet(nn.Module):
+    """Flattens a conv feature map with ``.view``, which a channels_last tensor cannot do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.conv(x)
+        return self.fc(f.view(f.shape[0], -1))
+
+
+@pytest.mark.parametrize("make", [tiny, ViewNet])
+def test_channels_last_forwards_match_the_default_layout_and_leave_the_model_as_it_was(make):
+    x, a = _inputs(tiny())["x"], _inputs(tiny())["attribution"]
+    m = make()
+    params = {k: (p, p.stride()) for k, p in m.named_parameters()}
+    try:
+        _forward.CHANNELS_LAST["cpu"] = False
+        ref = M.deletion_insertion(make(), x, a, steps=8)
+    finally:
+        _forward.CHANNELS_LAST["cpu"] = True
+    got = M.deletion_insertion(m, x, a, steps=8)
+    for k in ref:
+        assert torch.allclose(got[k].curves, ref[k].curves, rtol=0, atol=1e-6)
+    assert all(p is params[k][0] and p.stride() == params[k][1] for k, p in m.named_parameters())
+    assert all(not p.is_inference() for p in m.parameters())
