@@ -10,7 +10,8 @@ from xkd.bench import main
 
 NEW = ("deletion_insertion", "report_forwards", "engine", "startup")
 RATIOS = {
-    "deletion_insertion": ("ratio_over_bare_64", "ratio_over_bare_256", "speedup_over_rise_loop",
+    "deletion_insertion": ("ratio_over_bare_64", "ratio_over_bare_256", "ratio_over_bare_floor",
+                           "speedup_over_rise_loop",
                            "speedup_over_per_sample_calls", "channels_last_ratio"),
     "report_forwards": ("forwards_ratio", "time_ratio"),
     "engine": ("engine_over_bare_ratio", "augmentation_share", "per_sample_torchvision_share"),
