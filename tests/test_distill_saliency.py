@@ -116,6 +116,9 @@ def test_reviewkd_constant_saliency_equals_plain_and_hooks():
     assert finest == weighted.level_sizes[0]  # shallow -> deep: the first level is the finest
     assert weighted.saliency_spec() == {"method": None, "target": None, "params": None,
                                         "cache": None, "max_batch": None, "read_size": finest}
+    for entropy in ({"gate_diffuse": 0.9}, {"saliency_adaptive": "concentration"}):  # read whole maps
+        d = build_distiller("reviewkd", student, teacher, {"saliency_mix": 0.7, **entropy}, ctx)
+        assert d.saliency_spec()["read_size"] is None
     b = _batch()
     const = dict(b, saliency=torch.full_like(b["saliency"], 2.0))
     plain.eval(), weighted.eval()

@@ -174,12 +174,14 @@ class ReviewKDDistiller(Distiller):
     def saliency_spec(self) -> dict[str, Any] | None:
         """Explainer settings the pipeline must provide (None-valued keys inherit ``explain``),
         plus ``read_size``: the finest size the weights read a map at (the largest level; None =
-        the input size, since ``gate_diffuse`` takes the entropy of the input-level map)."""
+        the input size, since ``gate_diffuse`` and ``saliency_adaptive='concentration'`` take the
+        entropy of the input-level map, which depends on its resolution)."""
         if not self.needs_saliency:
             return None
         ov = self.params.explainer or ExplainerOverride()
         finest = max(self.level_sizes, key=lambda s: s[0] * s[1])
-        return {**ov.model_dump(), "read_size": None if self.params.gate_diffuse is not None else finest}
+        whole = self.params.gate_diffuse is not None or self.params.saliency_adaptive == "concentration"
+        return {**ov.model_dump(), "read_size": None if whole else finest}
 
     def set_teacher_explainer(self, explainer: Any, target_rule: str) -> None:
         """Online input-level saliency: ``explainer.explain(x, target) -> (B,1,H,W)`` on the teacher."""
