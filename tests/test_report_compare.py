@@ -1,0 +1,76 @@
+"""``xkd.report.power`` (seeds needed, minimum detectable effect) and ``python -m xkd.report.compare``."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+from xkd import io
+from xkd.report.compare import benchmark_table, main
+from xkd.report.power import halfwidth, min_detectable, paired_power, seeds_for_halfwidth
+
+
+def test_seeds_for_halfwidth_is_the_smallest_n_reaching_the_target():
+    sd = 0.04
+    n = seeds_for_halfwidth(sd, 0.02)
+    hw = lambda k: stats.t.ppf(0.975, k - 1) * sd / math.sqrt(k)  # noqa: E731
+    assert hw(n) <= 0.02 < hw(n - 1)
+    assert n == 18  # t(0.975, 17) * 0.04 / sqrt(18) = 0.0199
+    assert math.isclose(halfwidth(sd, n), hw(n))
+
+
+def test_min_detectable_effect_has_80_percent_power_by_simulation():
+    sd, n = 0.05, 5
+    delta = min_detectable(sd, n)
+    assert math.isclose(paired_power(delta, sd, n), 0.8, abs_tol=1e-6)
+    rng = np.random.default_rng(0)
+    d = rng.normal(delta, sd, size=(40000, n))
+    p = stats.ttest_1samp(d, 0.0, axis=1).pvalue
+    assert abs((p < 0.05).mean() - 0.8) < 0.01
+    # the textbook approximation (t_{0.975} + t_{0.8}) sd / sqrt(n) is close to the exact value
+    approx = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
+    assert abs(delta - approx) / approx < 0.1
+
+
+def _fake_run(root, accs: dict[str, list[float]], shuffled: dict[str, list[float]]):
+    for s in range(len(accs["reviewkd"])):
+        d = root / f"seed-{s}"
+        (d / "metrics").mkdir(parents=True)
+        rows = [{"model": "teacher", "role": "teacher", "test_acc": 0.9,
+                 "test_decoy_shuffled_acc": 0.88}]
+        rows += [{"model": m, "role": "student", "test_acc": v[s], "test_decoy_shuffled_acc": shuffled[m][s]}
+                 for m, v in accs.items()]
+        io.write_json(d / "summary.json",
+                      {"task": "classification", "test_sets": ["test", "test_decoy_shuffled"], "rows": rows})
+        agg = {"results": [{"model": "teacher", "metric": "pointing_game", "explainer": "gradcam",
+                            "mean": 0.8 + 0.01 * s}]}
+        io.write_json(d / "metrics" / "aggregates.json", agg)
+    (root / "seed-9").mkdir()  # an unfinished seed: no summary.json, left out
+
+
+def test_compare_table_pairs_every_student_with_each_baseline(tmp_path, capsys):
+    accs = {"reviewkd": [0.50, 0.60, 0.55], "e2kd": [0.52, 0.61, 0.60], "mix": [0.56, 0.63, 0.58]}
+    shuf = {"reviewkd": [0.1, 0.2, 0.3], "e2kd": [0.1, 0.2, 0.3], "mix": [0.2, 0.2, 0.2]}
+    _fake_run(tmp_path / "bench", accs, shuf)
+    text, nums = benchmark_table(tmp_path / "bench", ["reviewkd", "e2kd"])
+    assert nums["seeds"] == [0, 1, 2]
+    d = np.array(accs["mix"]) - np.array(accs["reviewkd"])
+    res = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    got = nums["rows"]["mix"]["test_acc"]["vs_reviewkd"]
+    assert math.isclose(got["ci_low"], res.low) and math.isclose(got["ci_high"], res.high)
+    assert f"{d.mean():+.3f} [{res.low:+.3f}, {res.high:+.3f}]" in text
+    assert math.isclose(nums["rows"]["mix"]["test_acc"]["std"], np.std(accs["mix"], ddof=1))
+    assert "| 2 | 0.900 | 0.880 | 0.820 / - |" in text  # teacher per seed with its map quality
+    sds = sorted([np.std(np.array(accs[m]) - accs["reviewkd"], ddof=1) for m in ("e2kd", "mix")])
+    assert math.isclose(nums["power"]["test_acc"], float(np.median(sds)))
+    assert main([str(tmp_path / "bench")]) == 0
+    assert "test_decoy_shuffled_acc Δ vs e2kd" in capsys.readouterr().out
+
+
+def test_compare_without_finished_seeds_is_one_line_exit_2(tmp_path, capsys):
+    (tmp_path / "empty" / "seed-0").mkdir(parents=True)
+    assert main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1

@@ -1,0 +1,112 @@
+"""``python -m xkd.report.compare RUN [RUN ...] [--baselines reviewkd,e2kd] [--out FILE.md]``:
+the paired multi-seed table of explanation-guidance benchmarks (issue 15) from run folders.
+
+For every multi-seed RUN (``seed-K/summary.json``, finished seeds only): the teacher's accuracy and
+map quality per seed (pointing game / relevance mass of its Grad-CAM on the masks, from
+``metrics/aggregates.json``); per student and test set the mean ± std over seeds and the paired
+difference to each baseline with its 95 % t-interval (``xkd.report.stats.paired_difference``,
+scipy.stats.t); and the power line: the median over students of the sd of the paired differences
+to the first baseline, the seeds that would give a ±0.02 interval, and the smallest difference
+the seeds run could detect at 80 % power (``xkd.report.power``). Markdown on stdout (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from xkd.errors import UserError
+from xkd.report.power import min_detectable, seeds_for_halfwidth
+from xkd.report.seeds import collect
+from xkd.report.stats import mean_std, paired_difference
+
+MAPS = (("pointing_game", "PG"), ("relevance_mass_accuracy", "RM"))
+
+
+def _f(x: float | None, signed: bool = False) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _finished(root: Path) -> list[int]:
+    seeds = sorted(int(p.name.split("-")[1]) for p in root.glob("seed-*")
+                   if (p / "summary.json").is_file())
+    if not seeds:
+        raise UserError(f"{root}: no finished seed-K/summary.json; run a multi-seed experiment first")
+    return seeds
+
+
+def benchmark_table(root: Path, baselines: list[str]) -> tuple[str, dict[str, Any]]:
+    """Markdown of one run folder and the numbers behind it."""
+    seeds = _finished(root)
+    col = collect(root, seeds)
+    per_seed, sets = col["per_seed"], col["test_sets"]
+    models = [m for m in per_seed[seeds[0]] if per_seed[seeds[0]][m].get("role") == "student"]
+    scores = [f"{ts}_acc" for ts in sets]
+    lines = [f"#### {root.name}: {len(seeds)} seeds ({', '.join(map(str, seeds))})", ""]
+    lines += ["| seed | teacher " + " | teacher ".join(scores) + " | teacher map PG / RM |",
+              "|---" * (len(scores) + 2) + "|"]
+    for s in seeds:
+        t = per_seed[s].get("teacher", {})
+        q = " / ".join(_f(t.get(f"teacher_map_{k}_gradcam")) for k, _ in MAPS)
+        lines.append(f"| {s} | " + " | ".join(_f(t.get(c)) for c in scores) + f" | {q} |")
+    head = ["variant"]
+    for c in scores:
+        head += [f"{c} mean ± std"] + [f"{c} Δ vs {b} [95% CI]" for b in baselines]
+    lines += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    numbers: dict[str, Any] = {"seeds": seeds, "rows": {}}
+    sds: dict[str, list[float]] = {c: [] for c in scores}
+    for m in models:
+        cells, row = [m], {}
+        for c in scores:
+            vals = [per_seed[s].get(m, {}).get(c) for s in seeds]
+            mu, sd = mean_std(vals)
+            cells.append(f"{_f(mu)} ± {_f(sd)}")
+            row[c] = {"mean": mu, "std": sd}
+            for b in baselines:
+                if m == b or b not in per_seed[seeds[0]]:
+                    cells.append("-")
+                    continue
+                d = paired_difference(vals, [per_seed[s].get(b, {}).get(c) for s in seeds])
+                cells.append(f"{_f(d['mean'], True)} [{_f(d['ci_low'], True)}, {_f(d['ci_high'], True)}]")
+                row[c][f"vs_{b}"] = d
+                if b == baselines[0] and d["sd"] == d["sd"]:
+                    sds[c].append(d["sd"])
+        lines.append("| " + " | ".join(cells) + " |")
+        numbers["rows"][m] = row
+    lines.append("")
+    for c in scores:
+        if sds[c]:
+            sd = statistics.median(sds[c])
+            lines.append(f"Power ({c}, vs {baselines[0]}): median sd of paired differences {sd:.3f}; "
+                         f"seeds for a ±0.02 95% interval: {seeds_for_halfwidth(sd, 0.02)}; smallest "
+                         f"difference {len(seeds)} seeds detect at 80% power: "
+                         f"{min_detectable(sd, len(seeds)):.3f}.")
+            numbers.setdefault("power", {})[c] = sd
+    return "\n".join(lines) + "\n", numbers
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m xkd.report.compare", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="multi-seed run folders")
+    p.add_argument("--baselines", default="reviewkd,e2kd", help="students to pair against")
+    p.add_argument("--out", help="write the markdown here instead of stdout")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        text = "\n".join(benchmark_table(Path(r), args.baselines.split(","))[0] for r in args.runs)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
