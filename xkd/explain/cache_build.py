@@ -123,7 +123,10 @@ def plan_and_build(root: str | os.PathLike, teacher: nn.Module, dataset: Dataset
 
     if plan["status"] == "loaded":
         return key, plan["entry"], "loaded", "", lambda k: fill([k], False)
-    if rank == 0:
+    if rank == 0 and plan["reason"] == "missing":  # the normal first use: not a problem
+        log.info("saliency cache %s: explaining %d training images with %s on %d rank(s) (once; "
+                 "later runs with this teacher reuse it)", key[:12], layout.n, explainer.method, world)
+    elif rank == 0:
         log.warning("saliency cache %s: %s; building %d maps with %s on %d rank(s)", key[:12],
                     plan["reason"], layout.n, explainer.method, world)
     t0 = time.perf_counter()

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from xkd.config import ExplainConfig
 from xkd.data import DataBundle
 from xkd.distill import Distiller
+from xkd.engine import is_main_process
 from xkd.errors import UserError, warn
 from xkd.models import FeatureModel
 
@@ -33,11 +34,16 @@ def saliency_extras(ctx: "RunContext", d: Distiller, teacher: FeatureModel, bund
         d.set_teacher_explainer(explainer, ecfg.target)
         return None
     # every rank explains its share of the split (a collective; xkd.explain.cache_build)
+    say = ctx.log if is_main_process() else (lambda *_: None)
+    say(f"[xkd] stage teacher saliency: {ecfg.method} maps of {len(bundle.train)} training images "
+        f"({ecfg.target}), cached in {ctx.folder.saliency}")
     read_size = spec.get("read_size")
     cache = SaliencyCache.build_or_load(ctx.folder.saliency, teacher, bundle.train, ecfg,
                                         bundle.identity, ctx.device, batch_size=ecfg.max_batch,
                                         num_workers=ctx.cfg.data.num_workers,
                                         read_size=tuple(read_size) if read_size else None)
+    say(f"[xkd] saliency cache {cache.key[:12]}: "
+        + ("reused (built by an earlier run)" if cache.status == "loaded" else "built"))
     return {"saliency": cache}
 
 
