@@ -73,9 +73,16 @@ def test_unwrapped_model_is_one_line(role: str) -> None:
     ctx = xkd.DistillContext(example=torch.randn(1, 3, 16, 16), num_classes=5)
     models = {"student": TwoStage(), "teacher": TwoStage(), role: plain}
     with pytest.raises(UserError) as e:
-        xkd.build_distiller("kd", models["student"], models["teacher"], {}, ctx)
+        xkd.build_distiller("reviewkd", models["student"], models["teacher"], {}, ctx)
     msg = str(e.value)
     assert "\n" not in msg and f"the {role} (Sequential)" in msg and "xkd.wrap" in msg
+    # logits-only methods take any classifier
+    d = xkd.build_distiller("kd", models["student"], models["teacher"], {}, ctx)
+    assert d(batch_of(4), 0).losses["kd"].isfinite()
+
+
+def batch_of(n: int) -> dict:
+    return {"image": torch.randn(n, 3, 16, 16), "label": torch.randint(0, 5, (n,))}
 
 
 def test_configure_optimizers_keeps_ffsd_settings() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from xkd.distill.base import (METHODS, DistillContext, Distiller, MethodParams, StepOutput,
-                              list_methods)
+                              list_methods, require_features)
 from xkd.distill.hkd import dataset_labels
 from xkd.errors import ConfigError, UserError
 from xkd.models.base import FeatureModel
@@ -61,10 +61,8 @@ def build_distiller(method: str, student: FeatureModel, teacher: FeatureModel | 
     """
     where = str(context.extras.get("path", "")) or method
     entry = METHODS.entry(method, path=f"{where}.method")
-    for role, model in (("student", student), ("teacher", teacher)):
-        if model is not None and not isinstance(model, FeatureModel):
-            raise UserError(f"{where}: the {role} ({type(model).__name__}) exposes no stage features; "
-                            f"wrap it first: xkd.wrap(model, in_channels=..., image_size=...)")
+    if isinstance(entry.factory, type) and issubclass(entry.factory, Distiller):
+        require_features(entry.factory, student, teacher, where)
     if params is None:
         params = {}
     if isinstance(params, dict):

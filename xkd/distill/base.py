@@ -76,6 +76,8 @@ class Distiller(nn.Module):
     """
 
     needs_teacher: ClassVar[bool] = True
+    reads_features: ClassVar[bool] = True
+    """False for methods that read logits only (ce, kd): any ``nn.Module`` classifier will do."""
     uses_fake_data: ClassVar[bool] = False
     uses_per_sample_state: bool = False
     """True when the method keeps per-sample state indexed by dataset position (memory banks,
@@ -86,10 +88,7 @@ class Distiller(nn.Module):
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: MethodParams,
                  context: DistillContext) -> None:
         super().__init__()
-        for role, model in (("student", student), ("teacher", teacher)):
-            if model is not None and not isinstance(model, FeatureModel):
-                raise UserError(f"{type(self).__name__}: the {role} ({type(model).__name__}) exposes no "
-                                f"stage features; wrap it first: xkd.wrap(model)")
+        require_features(type(self), student, teacher, type(self).__name__)
         self.student = student
         self.params = params
         self.student_key: str = str(context.extras.get("student_key", "image"))
@@ -166,6 +165,16 @@ class Distiller(nn.Module):
     def attention_maps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-stage attention maps for the viewer (name -> (B,K,h,w)); none by default."""
         return {}
+
+
+def require_features(cls: type["Distiller"], student: Any, teacher: Any, where: str) -> None:
+    """One line when a method that reads stage features gets a model that exposes none."""
+    if not cls.reads_features:
+        return
+    for role, model in (("student", student), ("teacher", teacher)):
+        if model is not None and not isinstance(model, FeatureModel):
+            raise UserError(f"{where}: the {role} ({type(model).__name__}) exposes no stage features; "
+                            f"wrap it first: xkd.wrap(model, in_channels=..., image_size=...)")
 
 
 def list_methods() -> list[str]:

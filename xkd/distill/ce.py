@@ -24,6 +24,8 @@ class CEDistiller(Distiller):
     """No distillation: the student learns from the labels alone (losses: ``ce``); it reads the
     batch key ``student_key`` (``image`` unless the student has another modality)."""
 
+    reads_features = False  # logits only: any nn.Module classifier will do
+
     needs_teacher = False
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: CEParams,

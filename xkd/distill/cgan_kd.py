@@ -45,6 +45,8 @@ class CGANKDParams(MethodParams):
 class CGANKDDistiller(Distiller):
     """Delegates every step to the base distiller; the training set carries the fakes."""
 
+    reads_features = False  # the wrapped base method checks its own models
+
     uses_fake_data = True
 
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: CGANKDParams,

@@ -33,6 +33,8 @@ class KDDistiller(Distiller):
     read different batch keys (``teacher_key``, ``student_key``): cross-modal KD on one label space;
     samples whose teacher input is missing (``<teacher_key>_mask`` = 0) are left out of the KD term."""
 
+    reads_features = False  # logits only: any nn.Module classifier will do
+
     def __init__(self, student: FeatureModel, teacher: FeatureModel | None, params: KDParams,
                  context: DistillContext) -> None:
         require_classification("kd", context)
