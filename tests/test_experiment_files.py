@@ -9,7 +9,8 @@ import pytest
 
 from xkd.run import main
 
-EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "experiments"
+EXPERIMENTS = sorted(ROOT.glob("*.yaml")) + sorted((ROOT / "guidance").glob("*.yaml"))  # issue 15
 
 
 def test_the_shipped_files_are_found():
@@ -33,7 +34,7 @@ def _earlier_run(path: Path, tmp_path: Path) -> list[str]:
     return ["--set", f"teacher.model.checkpoint={ckpt}"]
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[str(p.relative_to(ROOT).with_suffix("")) for p in EXPERIMENTS])
 def test_experiment_file_passes_preflight(path: Path, tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a run folder written by mistake would land here
     assert main([str(path), "--check", "--set", "device=cpu", *_earlier_run(path, tmp_path)]) == 0

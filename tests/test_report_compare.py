@@ -74,3 +74,13 @@ def test_compare_without_finished_seeds_is_one_line_exit_2(tmp_path, capsys):
     assert main([str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_grouped_students_pair_with_the_baseline_of_their_group(tmp_path):
+    accs = {"reviewkd-f10": [0.40, 0.50, 0.45], "att-f10": [0.45, 0.52, 0.50],
+            "reviewkd": [0.70, 0.72, 0.71], "att": [0.70, 0.70, 0.70]}
+    _fake_run(tmp_path / "b", accs, {m: [0.0, 0.0, 0.0] for m in accs})
+    _, nums = benchmark_table(tmp_path / "b", ["reviewkd"])
+    got = nums["rows"]["att-f10"]["test_acc"]["vs_reviewkd"]["mean"]
+    assert math.isclose(got, np.mean(np.array(accs["att-f10"]) - accs["reviewkd-f10"]))
+    assert math.isclose(nums["rows"]["att"]["test_acc"]["vs_reviewkd"]["mean"], -0.01)

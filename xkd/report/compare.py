@@ -8,6 +8,7 @@ difference to each baseline with its 95 % t-interval (``xkd.report.stats.paired_
 scipy.stats.t); and the power line: the median over students of the sd of the paired differences
 to the first baseline, the seeds that would give a ±0.02 interval, and the smallest difference
 the seeds run could detect at 80 % power (``xkd.report.power``). Markdown on stdout (or ``--out``).
+A student named ``NAME-GROUP`` is paired with ``BASELINE-GROUP`` (:func:`paired_name`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from xkd.report.seeds import collect
 from xkd.report.stats import mean_std, paired_difference
 
 MAPS = (("pointing_game", "PG"), ("relevance_mass_accuracy", "RM"))
+
+
+def paired_name(student: str, baseline: str) -> str:
+    """The baseline a student is paired with: students named ``NAME-GROUP`` (e.g. one per
+    training fraction, ``att_target-f10``) pair with ``BASELINE-GROUP``."""
+    return f"{baseline}-{student.rsplit('-', 1)[1]}" if "-" in student else baseline
 
 
 def _f(x: float | None, signed: bool = False) -> str:
@@ -67,14 +74,15 @@ def benchmark_table(root: Path, baselines: list[str]) -> tuple[str, dict[str, An
             mu, sd = mean_std(vals)
             cells.append(f"{_f(mu)} ± {_f(sd)}")
             row[c] = {"mean": mu, "std": sd}
-            for b in baselines:
+            for b0 in baselines:
+                b = paired_name(m, b0)
                 if m == b or b not in per_seed[seeds[0]]:
                     cells.append("-")
                     continue
                 d = paired_difference(vals, [per_seed[s].get(b, {}).get(c) for s in seeds])
                 cells.append(f"{_f(d['mean'], True)} [{_f(d['ci_low'], True)}, {_f(d['ci_high'], True)}]")
-                row[c][f"vs_{b}"] = d
-                if b == baselines[0] and d["sd"] == d["sd"]:
+                row[c][f"vs_{b0}"] = d
+                if b0 == baselines[0] and d["sd"] == d["sd"]:
                     sds[c].append(d["sd"])
         lines.append("| " + " | ".join(cells) + " |")
         numbers["rows"][m] = row
