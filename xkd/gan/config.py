@@ -10,6 +10,8 @@ class-coloured object blobs, not yet clean shapes: more steps, or simpler backgr
 
 from __future__ import annotations
 
+from typing import Any
+
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -82,10 +84,10 @@ class FilterConfig(Strict):
     relabel: bool = Field(True, description="regression: replace kept labels by the teacher's "
                           "prediction")
 
-    @field_validator("quantile")
+    @field_validator("quantile", mode="before")  # before the finite check: nan names the range
     @classmethod
-    def _quantile(cls, v: float | None) -> float | None:
-        if v is not None and not 0 < v <= 1:
+    def _quantile(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 < v <= 1:
             raise ValueError("quantile must be in (0, 1] (1 keeps every fake)")
         return v
 
