@@ -258,3 +258,26 @@ def test_teachers_dir_replaces_the_files_checkpoint_folder():
         "teacher.model.checkpoint=/t/resnet56_vanilla/ckpt_epoch_240.pth"]
     assert _teacher_override(by["resnet56_resnet20.yaml"], None) == []
     assert _teacher_override(by["ffsd.yaml"], "/t") == []  # no teacher
+
+
+def test_dry_run_under_torchrun_two_ranks(tmp_path):
+    """``torchrun --nproc_per_node 2`` (gloo): rank 0 writes the fake data and teacher, the other
+    rank waits for them; one pair runs end to end and one table is written."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XKD_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "xkd.reproduce", "cifar100", "--dry-run", "--out", str(tmp_path / "dry"),
+           "--only", "resnet56_resnet20"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("dry run cifar100: 1 of 1 files ran") == 1
+    rows = [x for x in io.read_json(tmp_path / "dry" / "results.json")["rows"] if x["file"] == "resnet56_resnet20.yaml"]
+    assert {x["state"] for x in rows} == {"complete"}
+    assert len(list((tmp_path / "dry" / "_fake_teachers").iterdir())) == 1

@@ -13,6 +13,7 @@ when everything passed). Exit codes: 0 all files ran, 1 a file failed, 2 a usage
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -68,11 +69,15 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--only: {', '.join(unknown)} is not a file of suite '{suite.name}'; its files: "
                         f"{', '.join(Path(r.file).stem for r in suite.runs)}")
     temporary = args.dry_run and not args.out
+    if temporary and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--dry-run under torchrun needs --out DIR (a folder every rank shares)")
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix=f"xkd-dry-run-{suite.name}-"))
                                            if temporary else Path("runs") / f"reproduce-{suite.name}")
     outcomes = runner.run_suite(suite, out, dry_run=args.dry_run, overrides=args.overrides,
                                 teachers_dir=args.teachers, only=args.only or None)
     failed = [o for o in outcomes if o.state == "failed"]
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 reports
+        return 1 if failed else 0
     print(f"{'dry run' if args.dry_run else 'suite'} {suite.name}: {len(outcomes) - len(failed)} of "
           f"{len(outcomes)} files ran ({sum(o.seconds for o in outcomes):.0f} s)")
     for o in failed:

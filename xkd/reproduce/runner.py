@@ -12,12 +12,14 @@ user's own data folders are never written.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from xkd import io
 from xkd.config import load_with_overrides, parse
 from xkd.reproduce import fake_data, results
 from xkd.reproduce.suites import Suite, SuiteRun
@@ -48,24 +50,47 @@ def _teacher_override(path: Path, teachers_dir: str | None) -> list[str]:
     return [f"teacher.model.checkpoint={Path(teachers_dir) / ckpt[len(TEACHER_PREFIX):]}"]
 
 
+def _launch_rank() -> int:
+    """This process's rank under ``torchrun`` (0 otherwise); read from the environment because the
+    process group starts only inside ``xkd.run``."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _written_by_rank0(path: Path, write: Callable[[], Any], timeout_s: float = 600.0) -> None:
+    """Rank 0 writes ``path`` (atomically: it appears complete); the other ranks wait for it."""
+    if _launch_rank() == 0:
+        if not path.is_file():
+            write()
+        return
+    t0 = time.monotonic()
+    while not path.is_file():
+        if time.monotonic() - t0 > timeout_s:
+            raise RuntimeError(f"rank {_launch_rank()}: {path} did not appear within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
 def _dry_inputs(suite: Suite, run: SuiteRun, out: Path, overrides: list[str]) -> list[str]:
     """Write the fake data (once per suite) and this file's fake teacher; the --set values that
-    point the file at them."""
+    point the file at them. Under torchrun rank 0 writes and the other ranks wait."""
     kind = suite.dry_run.data
     root = out / "_fake_data" / kind
-    if not (root / ".complete").is_file():
+
+    def write_data() -> None:
         if kind == "cifar100":
             fake_data.write_cifar100(root)
         else:
             fake_data.write_imagefolder(root)
-        (root / ".complete").write_text("fake data written by xkd.reproduce --dry-run\n")
+        io.write_text(root / ".complete", "fake data written by xkd.reproduce --dry-run\n")
+
+    _written_by_rank0(root / ".complete", write_data)
     sets = [*overrides, f"data.root={root}", "data.download=false", *suite.dry_run.overrides]
     cfg = parse(load_with_overrides(suite.path(run), sets))
     if cfg.teacher is not None:
         classes = fake_data.CIFAR100_CLASSES if kind == "cifar100" else len(list((root / "train").iterdir()))
         size = int(cfg.data.params.get("image_size") or 32)
         ckpt = out / "_fake_teachers" / f"{Path(run.file).stem}.pt"
-        fake_data.write_teacher(ckpt, cfg.teacher.model, classes, image_size=size, seed=cfg.seed)
+        _written_by_rank0(ckpt, lambda: fake_data.write_teacher(ckpt, cfg.teacher.model, classes,
+                                                                image_size=size, seed=cfg.seed))
         sets.append(f"teacher.model.checkpoint={ckpt}")
     return sets
 
@@ -78,7 +103,7 @@ def _prepare_folder(folder: Path) -> str | None:
         leftovers = {p.name for p in folder.iterdir()}
         if leftovers <= {"status.json", LOCK}:  # stopped before its config was written: start again
             for name in leftovers:
-                (folder / name).unlink()
+                (folder / name).unlink(missing_ok=True)  # every rank under torchrun
             return None
         raise RuntimeError(f"{folder} holds files but is not a run folder (no config.yaml); move it away")
     return None
@@ -91,6 +116,8 @@ def run_suite(suite: Suite, out: Path, *, dry_run: bool = False, overrides: list
     from xkd.engine import is_main_process
     from xkd.run import main as run_main
 
+    if _launch_rank() != 0:
+        log = (lambda _m: None)  # one voice under torchrun
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for r in suite.runs if not only or Path(r.file).stem in only]
     outcomes: list[Outcome] = []
