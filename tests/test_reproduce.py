@@ -17,7 +17,6 @@ from torchvision.datasets import CIFAR100
 from xkd import io
 from xkd.config import ModelConfig
 from xkd.config.loading import load_raw
-from xkd.errors import UserError
 from xkd.reproduce import fake_data, results
 from xkd.reproduce.cli import main
 from xkd.reproduce.suites import available, load_suite
