@@ -9,6 +9,7 @@ layers). Channel and spatial sizes come from :func:`describe` (a dry run), never
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -65,6 +66,28 @@ class FeatureModel(nn.Module):
     def stage_layers(self) -> list[nn.Module]:  # pragma: no cover - abstract
         """Modules whose forward outputs are ``features(x).stages`` (same order)."""
         raise NotImplementedError
+
+
+def run_stages(x: torch.Tensor, stages: Iterable[nn.Sequential]
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Run ``stages`` in order where each stage's last unit exposes ``preact(x)`` (its
+    pre-activation map) and ``relu_out`` (its activation module), as the residual and shuffle
+    blocks do. Returns the last output and every stage's post- and pre-activation map."""
+    outs: list[torch.Tensor] = []
+    pres: list[torch.Tensor] = []
+    for stage in stages:
+        for unit in stage[:-1]:
+            x = unit(x)
+        pre = stage[-1].preact(x)
+        x = stage[-1].relu_out(pre)
+        outs.append(x)
+        pres.append(pre)
+    return x, outs, pres
+
+
+def stage_activations(stages: Iterable[nn.Sequential]) -> list[nn.Module]:
+    """The activation modules whose outputs are :func:`run_stages`' stage maps."""
+    return [stage[-1].relu_out for stage in stages]
 
 
 @torch.no_grad()

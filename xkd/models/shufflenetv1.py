@@ -24,7 +24,7 @@ from torch import nn
 
 from xkd.config.schema import NumbersAreNumbers
 from xkd.errors import ConfigError
-from xkd.models.base import MODELS, FeatureModel, Features
+from xkd.models.base import FeatureModel, Features, MODELS, run_stages, stage_activations
 from xkd.models.cifar_resnet import init_weights
 
 
@@ -113,19 +113,12 @@ class ShuffleNetV1(FeatureModel):
 
     def features(self, x: torch.Tensor) -> Features:
         x = self.relu(self.bn1(self.conv1(x)))
-        stages, preact = [], []
-        for layer in self.layers():
-            for unit in layer[:-1]:
-                x = unit(x)
-            pre = layer[-1].preact(x)
-            x = layer[-1].relu_out(pre)
-            stages.append(x)
-            preact.append(pre)
+        x, stages, preact = run_stages(x, self.layers())
         pooled = torch.flatten(self.pool(x), 1)
         return Features(stages, preact, pooled, self.linear(pooled))
 
     def stage_layers(self) -> list[nn.Module]:
-        return [layer[-1].relu_out for layer in self.layers()]
+        return stage_activations(self.layers())
 
 
 @MODELS.register("shufflenetv1", params=ShuffleNetV1Params, family="shufflenetv1")

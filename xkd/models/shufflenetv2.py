@@ -30,7 +30,7 @@ from pydantic import ConfigDict, Field
 from torch import nn
 
 from xkd.config.schema import NumbersAreNumbers
-from xkd.models.base import MODELS, FeatureModel, Features
+from xkd.models.base import FeatureModel, Features, MODELS, run_stages, stage_activations
 from xkd.models.cifar_resnet import init_weights
 from xkd.models.shufflenetv1 import channel_shuffle
 
@@ -124,20 +124,13 @@ class ShuffleNetV2(FeatureModel):
 
     def features(self, x: torch.Tensor) -> Features:
         x = self.relu(self.bn1(self.conv1(x)))
-        stages, preact = [], []
-        for layer in self.layers():
-            for unit in layer[:-1]:
-                x = unit(x)
-            pre = layer[-1].preact(x)
-            x = layer[-1].relu_out(pre)
-            stages.append(x)
-            preact.append(pre)
+        x, stages, preact = run_stages(x, self.layers())
         head = self.relu_head(self.bn2(self.conv2(x)))
         pooled = torch.flatten(self.pool(head), 1)
         return Features(stages, preact, pooled, self.linear(pooled))
 
     def stage_layers(self) -> list[nn.Module]:
-        return [layer[-1].relu_out for layer in self.layers()]
+        return stage_activations(self.layers())
 
 
 @MODELS.register("shufflenetv2", params=ShuffleNetV2Params, family="shufflenetv2")

@@ -22,7 +22,7 @@ from pydantic import ConfigDict, Field
 from torch import nn
 
 from xkd.config.schema import NumbersAreNumbers
-from xkd.models.base import MODELS, FeatureModel, Features
+from xkd.models.base import FeatureModel, Features, MODELS, run_stages, stage_activations
 from xkd.models.cifar_resnet import init_weights
 
 
@@ -119,19 +119,12 @@ class R2Plus1dTiny(FeatureModel):
 
     def features(self, x: torch.Tensor) -> Features:
         x = self.stem(x)
-        stages, preact = [], []
-        for blocks in self.stages:
-            for block in blocks[:-1]:
-                x = block(x)
-            pre = blocks[-1].preact(x)
-            x = blocks[-1].relu_out(pre)
-            stages.append(x)
-            preact.append(pre)
+        x, stages, preact = run_stages(x, self.stages)
         pooled = torch.flatten(self.pool(x), 1)
         return Features(stages, preact, pooled, self.fc(pooled))
 
     def stage_layers(self) -> list[nn.Module]:
-        return [blocks[-1].relu_out for blocks in self.stages]
+        return stage_activations(self.stages)
 
 
 class FrameCNN(FeatureModel):
