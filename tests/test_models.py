@@ -45,14 +45,6 @@ EXPECTED: dict[str, tuple[list[int], list[int], int]] = {
 _CACHE: dict[str, M.FeatureModel] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU forwards are far faster single-threaded on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def model(name: str) -> M.FeatureModel:
     if name not in _CACHE:

@@ -118,13 +118,6 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def trained_like(name: str, seed: int = 3) -> M.FeatureModel:
     """An xkd model with non-trivial BN statistics (so buffers must be mapped too)."""

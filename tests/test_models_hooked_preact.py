@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import pytest
 import torch
 from torch import nn
 
@@ -18,13 +17,6 @@ import xkd.models as M
 from xkd.models import hooked
 from xkd.models.hooked import wrap
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _inputs_of(module: nn.Module, run) -> list[torch.Tensor]:

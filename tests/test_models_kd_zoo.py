@@ -34,13 +34,6 @@ EXPECTED: dict[str, tuple[list[int], list[int], int]] = {
 _CACHE: dict[str, M.FeatureModel] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def model(name: str, classes: int = 100) -> M.FeatureModel:
     key = f"{name}/{classes}"
