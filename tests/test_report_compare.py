@@ -84,3 +84,20 @@ def test_grouped_students_pair_with_the_baseline_of_their_group(tmp_path):
     got = nums["rows"]["att-f10"]["test_acc"]["vs_reviewkd"]["mean"]
     assert math.isclose(got, np.mean(np.array(accs["att-f10"]) - accs["reviewkd-f10"]))
     assert math.isclose(nums["rows"]["att"]["test_acc"]["vs_reviewkd"]["mean"], -0.01)
+
+
+def test_seeds_run_into_two_folders_form_one_benchmark(tmp_path):
+    a = {"reviewkd": [0.5, 0.6, 0.55], "mix": [0.52, 0.61, 0.60]}
+    _fake_run(tmp_path / "first", a, {m: [0.0] * 3 for m in a})
+    more = tmp_path / "more"
+    _fake_run(more, {"reviewkd": [0.7, 0.65], "mix": [0.71, 0.69], "extra": [0.9, 0.9]},
+              {m: [0.0, 0.0] for m in ("reviewkd", "mix", "extra")})
+    for s in (1, 0):  # renumber the later run's seeds 0, 1 -> 3, 4
+        (more / f"seed-{s}").rename(more / f"seed-{s + 3}")
+    text, nums = benchmark_table([tmp_path / "first", more], ["reviewkd"])
+    assert nums["seeds"] == [0, 1, 2, 3, 4]
+    d = np.array([0.52, 0.61, 0.60, 0.71, 0.69]) - [0.5, 0.6, 0.55, 0.7, 0.65]
+    assert math.isclose(nums["rows"]["mix"]["test_acc"]["vs_reviewkd"]["mean"], d.mean())
+    assert nums["rows"]["extra"]["test_acc"]["vs_reviewkd"]["n"] == 2
+    assert "0.900 ± 0.000 (2 seeds)" in text
+    assert main([f"{tmp_path / 'first'},{tmp_path / 'first'}"]) == 2  # the same seeds twice

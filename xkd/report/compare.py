@@ -47,14 +47,33 @@ def _finished(root: Path) -> list[int]:
     return seeds
 
 
-def benchmark_table(root: Path, baselines: list[str]) -> tuple[str, dict[str, Any]]:
-    """Markdown of one run folder and the numbers behind it."""
-    seeds = _finished(root)
-    col = collect(root, seeds)
+def _collect_all(roots: list[Path]) -> dict[str, Any]:
+    """``seeds.collect`` of several run folders of one benchmark (more seeds run later), merged."""
+    merged: dict[str, Any] = {}
+    for root in roots:
+        col = collect(root, _finished(root))
+        clash = set(col["per_seed"]) & set(merged.get("per_seed", {}))
+        if clash:
+            raise UserError(f"{root}: seed(s) {sorted(clash)} also in an earlier run folder of this benchmark")
+        if not merged:
+            merged = col
+        else:
+            merged["per_seed"].update(col["per_seed"])
+    return merged
+
+
+def benchmark_table(root: Path | list[Path], baselines: list[str]) -> tuple[str, dict[str, Any]]:
+    """Markdown of one benchmark (a run folder, or several holding different seeds) and the
+    numbers behind it."""
+    roots = [root] if isinstance(root, Path) else list(root)
+    col = _collect_all(roots)
     per_seed, sets = col["per_seed"], col["test_sets"]
-    models = [m for m in per_seed[seeds[0]] if per_seed[seeds[0]][m].get("role") == "student"]
+    seeds = sorted(per_seed)
+    models: list[str] = []
+    for s in seeds:
+        models += [m for m, v in per_seed[s].items() if v.get("role") == "student" and m not in models]
     scores = [f"{ts}_acc" for ts in sets]
-    lines = [f"#### {root.name}: {len(seeds)} seeds ({', '.join(map(str, seeds))})", ""]
+    lines = [f"#### {' + '.join(r.name for r in roots)}: {len(seeds)} seeds ({', '.join(map(str, seeds))})", ""]
     lines += ["| seed | teacher " + " | teacher ".join(scores) + " | teacher map PG / RM |",
               "|---" * (len(scores) + 2) + "|"]
     for s in seeds:
@@ -72,11 +91,12 @@ def benchmark_table(root: Path, baselines: list[str]) -> tuple[str, dict[str, An
         for c in scores:
             vals = [per_seed[s].get(m, {}).get(c) for s in seeds]
             mu, sd = mean_std(vals)
-            cells.append(f"{_f(mu)} ± {_f(sd)}")
+            have = sum(v is not None for v in vals)
+            cells.append(f"{_f(mu)} ± {_f(sd)}" + (f" ({have} seeds)" if have < len(seeds) else ""))
             row[c] = {"mean": mu, "std": sd}
             for b0 in baselines:
                 b = paired_name(m, b0)
-                if m == b or b not in per_seed[seeds[0]]:
+                if m == b or not any(b in per_seed[s] for s in seeds):
                     cells.append("-")
                     continue
                 d = paired_difference(vals, [per_seed[s].get(b, {}).get(c) for s in seeds])
@@ -100,12 +120,14 @@ def benchmark_table(root: Path, baselines: list[str]) -> tuple[str, dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xkd.report.compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="multi-seed run folders")
+    p.add_argument("runs", nargs="+", help="multi-seed run folders; RUN1,RUN2 = one benchmark "
+                   "whose seeds were run into two folders")
     p.add_argument("--baselines", default="reviewkd,e2kd", help="students to pair against")
     p.add_argument("--out", help="write the markdown here instead of stdout")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        text = "\n".join(benchmark_table(Path(r), args.baselines.split(","))[0] for r in args.runs)
+        text = "\n".join(benchmark_table([Path(x) for x in r.split(",")], args.baselines.split(","))[0]
+                         for r in args.runs)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
