@@ -15,6 +15,9 @@ assertions in tests:
 * ``engine``: a ``ce`` epoch over a bare PyTorch loop (target <= 1.05) and the augmentation's share
   of a ``ce`` epoch (target <= 3 %) (``xkd.bench_engine``).
 * ``startup``: ``python -m xkd.run --help`` wall time (target < 1 s), ``--list``, peak memory.
+* ``quantus``: deletion, insertion and the localisation metrics against Quantus on the same
+  fixture: time ratios (target >= 2) and the largest per-sample value difference
+  (``xkd.bench_quantus``; skipped with one line when quantus is not installed).
 * ``saliency_scale``: 224 px, tv:resnet18: cached-map bytes, build time per map over a training
   step per image, weighted over plain step, map read over image load, bytes read on open
   (``xkd.bench_scale``; no target: docs/scale.md scales them to ImageNet).
@@ -45,6 +48,7 @@ from xkd.bench_scale import bench_saliency_scale
 from xkd.models import build as build_model
 from xkd.bench_engine import bench_engine, bench_startup
 from xkd.bench_metrics import bench_deletion_insertion, bench_report_forwards
+from xkd.bench_quantus import bench_quantus
 
 
 def _shapes(n: int, size: int = 32) -> Any:
@@ -135,6 +139,7 @@ BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
     "engine": bench_engine,
     "startup": bench_startup,
     "saliency_scale": bench_saliency_scale,  # xkd.bench_scale: the ratios docs/scale.md uses
+    "quantus": bench_quantus,  # optional contender: skipped (one line) without quantus installed
 }
 
 
@@ -159,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in r.items():
             if "ratio" in k or "speedup" in k or "share" in k or k in targets:
                 tgt = targets.get(k, r.get("target") if "ratio" in k else "")
-                print(f"{name:<20} {k:<30} {v:>10.3f} {str(tgt if tgt is not None else ''):>8}")
+                val = f"{v:>10.3f}" if v == 0 or abs(v) >= 1e-3 else f"{v:>10.1e}"  # value differences
+                print(f"{name:<20} {k:<30} {val} {str(tgt if tgt is not None else ''):>8}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
