@@ -32,6 +32,8 @@ def test_min_detectable_effect_has_80_percent_power_by_simulation():
     # the textbook approximation (t_{0.975} + t_{0.8}) sd / sqrt(n) is close to the exact value
     approx = (stats.t.ppf(0.975, n - 1) + stats.t.ppf(0.8, n - 1)) * sd / math.sqrt(n)
     assert abs(delta - approx) / approx < 0.1
+    two = min_detectable(0.03, 2)  # df 1: scipy's nct tail is NaN for large noncentrality
+    assert math.isfinite(two) and math.isclose(paired_power(two, 0.03, 2), 0.8, abs_tol=1e-6)
 
 
 def _fake_run(root, accs: dict[str, list[float]], shuffled: dict[str, list[float]]):

@@ -37,7 +37,10 @@ def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
     df = n - 1
     crit = float(sps.t.ppf(1 - alpha / 2, df))
     nc = delta * math.sqrt(n) / sd
-    return float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+    p = float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
+    if not math.isfinite(p):  # scipy's nct loses precision far in the tail (df 1, large nc)
+        p = float(sps.norm.sf(crit - nc) + sps.norm.cdf(-crit - nc)) if nc < crit else 1.0
+    return p
 
 
 def min_detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
