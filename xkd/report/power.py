@@ -6,14 +6,14 @@ For paired differences d_s (s = 1..n seeds) with standard deviation σ_d:
   smallest n that brings it to a target (e.g. 2 accuracy points);
 * the two-sided paired t-test at level α has power P(|T| > t_{1−α/2, n−1}) with T noncentral t
   (df n − 1, noncentrality δ√n/σ_d); :func:`min_detectable` is the smallest δ with power ≥ 0.8
-  (scipy.stats.nct, solved with brentq).
+  (the noncentral t, solved with brentq).
 """
 
 from __future__ import annotations
 
 import math
 
-from scipy import optimize
+from scipy import integrate, optimize
 from scipy import stats as sps
 
 
@@ -33,14 +33,19 @@ def seeds_for_halfwidth(sd: float, target: float, level: float = 0.95, n_max: in
 
 
 def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
-    """Power of the two-sided paired t-test (n pairs) to detect a true mean difference ``delta``."""
+    """Power of the two-sided paired t-test (n pairs) to detect a true mean difference ``delta``:
+    P(|Z + λ| > c·√(V/ν)) with Z ~ N(0,1), V ~ χ²_ν, ν = n − 1, λ = δ√n/σ_d, c = t_{1−α/2,ν} (the
+    noncentral t, integrated over V with scipy.integrate.quad; scipy's nct tail is unstable
+    for ν = 1)."""
     df = n - 1
     crit = float(sps.t.ppf(1 - alpha / 2, df))
     nc = delta * math.sqrt(n) / sd
-    p = float(sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc))
-    if not math.isfinite(p):  # scipy's nct loses precision far in the tail (df 1, large nc)
-        p = float(sps.norm.sf(crit - nc) + sps.norm.cdf(-crit - nc)) if nc < crit else 1.0
-    return p
+
+    def given_v(v: float) -> float:
+        c = crit * math.sqrt(v / df)
+        return (sps.norm.sf(c - nc) + sps.norm.cdf(-c - nc)) * sps.chi2.pdf(v, df)
+
+    return float(integrate.quad(given_v, 0, math.inf, limit=200)[0])
 
 
 def min_detectable(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
