@@ -11,9 +11,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from xkd.engine.distributed import is_distributed
+from xkd.engine.ranks import all_gather_rows
 
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int = 0, pin: bool = False) -> DataLoader:
@@ -56,6 +60,28 @@ def predict(model: nn.Module, dataset: Dataset, device: torch.device | str, batc
     outputs of shape (N,) are returned as (N,1).
     """
     return collect(model, dataset, device, _logits, batch_size, num_workers, input_key)
+
+
+def predict_sharded(model: nn.Module, dataset: Dataset, device: torch.device | str,
+                    batch_size: int = 256, num_workers: int = 0, input_key: str = "image"
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict` with the samples split over the DDP ranks (rank r takes samples r, r + W,
+    r + 2W, ...): every rank gets every sample's logits and labels in dataset order, as
+    :func:`predict` gives them (each sample's forward is the same; only batch composition
+    differs). Without a process group, or with fewer samples than ranks, it is :func:`predict`."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if not is_distributed() or n < dist.get_world_size():
+        return predict(model, dataset, device, batch_size, num_workers, input_key)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    logits, labels = predict(model, Subset(dataset, range(rank, n, world)), device, batch_size,
+                             num_workers, input_key)
+    wire = torch.device(device) if dist.get_backend() == "nccl" else torch.device("cpu")
+    parts, label_parts = all_gather_rows(logits.to(wire), labels.to(wire))
+    out = torch.empty((n,) + tuple(logits.shape[1:]), dtype=logits.dtype)
+    all_labels = torch.empty((n,) + tuple(labels.shape[1:]), dtype=labels.dtype)
+    for r in range(world):
+        out[r::world], all_labels[r::world] = parts[r].cpu(), label_parts[r].cpu()
+    return out, all_labels
 
 
 def evaluate_predictions(logits: torch.Tensor, labels: torch.Tensor,

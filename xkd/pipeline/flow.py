@@ -32,7 +32,8 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
                  argv: list[str], log: Any = print) -> dict[str, Any]:
     """Run the whole flow for one seed into ``run_dir``; returns the summary dict.
 
-    Under DDP every rank trains; rank 0 alone then evaluates, exports, reports and writes, while
+    Under DDP every rank trains and predicts its share of the test sets; rank 0 alone then exports,
+    reports and writes, while
     the other ranks wait for it (:func:`xkd.engine.ranks.wait_for_main`) and return ``{}``: they
     hold no summary, and nothing downstream may read one from them."""
     init_distributed(timeout_s=round(cfg.distributed.timeout_minutes * 60))
@@ -66,11 +67,11 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
             f"{sc.model.name or sc.model.factory}, {cfg.train_for(sc.train).epochs} epochs)")
         student, d, info = train_student(ctx, i, teacher, named)
         models[sc.name], distillers[sc.name], infos[sc.name] = student, d, {"role": "student", **info}
-    if not is_main_process():
-        wait_for_main(f"seed {seed} (evaluation, explanations, report)")
-        return {}
     say(f"[xkd] stage evaluation: {len(models)} models on {', '.join(ctx.data().test_sets())}")
-    results = evaluate_models(ctx, models)
+    results = evaluate_models(ctx, models)  # every rank predicts its share of the test sets
+    if not is_main_process():
+        wait_for_main(f"seed {seed} (explanations, report)")
+        return {}
     multimodal_metrics(ctx, models, results)
     for name, info in infos.items():
         target = folder.teacher if name == "teacher" else folder.student(name)
@@ -91,7 +92,7 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
         say(f"[xkd] stage report: {folder.root / 'report'}")
         _report(folder, log, device)
     io.write_json(folder.summary, summary)
-    wait_for_main(f"seed {seed} (evaluation, explanations, report)")
+    wait_for_main(f"seed {seed} (explanations, report)")
     return summary
 
 
