@@ -63,8 +63,8 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
     model.train()
     names: list[str] = []
     sums: torch.Tensor | None = None
-    log_sums: dict[str, float] = {}
-    n, hits = 0, 0.0
+    log_sums: dict[str, Any] = {}  # python floats, or float64 tensors on ``device`` for tensor logs
+    n, hits = 0, torch.zeros((), dtype=torch.float64, device=device)  # on device: no sync per step
     opts = [opt] + [e.optimizer for e in extra]
     scheds = [sched] + [e.scheduler for e in extra]
     first: float | None = None
@@ -122,12 +122,14 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
         sums[-1] += float(vals.sum()) * bs
         logits = out.logits.detach().float()
         if task == "classification":
-            hits += float((logits.argmax(1) == batch["label"]).sum())
+            hits += (logits.argmax(1) == batch["label"]).sum()
         else:
-            hits += float((logits.reshape(bs, -1)[:, 0] - batch["label"].float()).abs().sum())
+            hits += (logits.reshape(bs, -1)[:, 0] - batch["label"].float()).abs().sum().double()
         for k, v in out.logs.items():
-            log_sums[k] = log_sums.get(k, 0.0) + float(v) * bs
-    return {"names": names, "sums": sums, "log_sums": log_sums, "n": n, "hits": hits, "first_loss": first}
+            v = v.detach().double() if torch.is_tensor(v) else float(v)
+            log_sums[k] = log_sums.get(k, 0.0) + v * bs
+    logs = {k: float(v) for k, v in log_sums.items()}  # the epoch's one transfer of hits and logs
+    return {"names": names, "sums": sums, "log_sums": logs, "n": n, "hits": float(hits), "first_loss": first}
 
 
 def reduce_stats(stats: dict[str, Any]) -> dict[str, Any]:
