@@ -14,7 +14,8 @@ RATIOS = {
                            "speedup_over_rise_loop",
                            "speedup_over_per_sample_calls", "channels_last_ratio"),
     "report_forwards": ("forwards_ratio", "time_ratio"),
-    "engine": ("engine_over_bare_ratio", "augmentation_share", "per_sample_torchvision_share"),
+    "engine": ("engine_over_bare_ratio", "engine_over_bare_cpu_ratio", "augmentation_share",
+               "per_sample_torchvision_share"),
     "startup": ("help_s", "list_s", "help_peak_rss_mb"),
 }
 
