@@ -20,7 +20,8 @@ clean image) and its AUC is ``np.trapz(dx=1)`` over them; xkd's curve holds y_0.
 is the RISE trapezoid normalised by T. The curves are compared point by point (y_1..y_T), the
 scores as xkd's AUC rule over [xkd's y_0, Quantus' y_1..y_T]. The pointing game of xkd scores the
 fraction of tied maximisers that hit (Quantus: any); xkd's relevance mass uses |a| (Quantus: a);
-``AttributionLocalisation`` adds 1e-9 to the denominator. None matters on tie-free non-negative
+``AttributionLocalisation`` adds 1e-9 to the denominator (and runs with ``abs=True``, its
+documented setting, an identity on these maps). None matters on tie-free non-negative
 maps. Timings are interleaved rounds; ratios are medians of per-round Quantus/xkd ratios.
 """
 
@@ -156,7 +157,7 @@ def _localisation(quantus: Any, xn: np.ndarray, yn: np.ndarray, an: np.ndarray, 
                           quantus.PointingGame(**plain)),
         "energy_pointing_game": (lambda: LO.energy_pointing_game(sal, mask).values,
                                  quantus.AttributionLocalisation(weighted=False, positive_attributions=True,
-                                                                 max_size=1.0, **plain)),
+                                                                 max_size=1.0, **{**plain, "abs": True})),
         "relevance_mass_accuracy": (lambda: LO.relevance_mass_accuracy(sal, mask).values,
                                     quantus.RelevanceMassAccuracy(**plain)),
         "relevance_rank_accuracy": (lambda: LO.relevance_rank_accuracy(sal, mask).values,
