@@ -50,7 +50,7 @@ def _plain_loop(d, data, epochs: int, bs: int, seed: int, lr: float, regression:
             opt.step()
             loss_sum += float(loss.detach()) * len(idx)
             if regression:
-                hits += float((out.logits[:, 0] - batch["label"]).abs().sum())
+                hits += float((out.logits.detach()[:, 0] - batch["label"]).abs().sum())
             else:
                 hits += int((out.logits.argmax(1) == batch["label"]).sum())
             aux_sum += float(out.losses["aux"].detach()) * len(idx)
