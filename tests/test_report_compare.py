@@ -42,7 +42,7 @@ def test_min_detectable_effect_has_80_percent_power_by_simulation():
 
 
 def _fake_run(root, accs: dict[str, list[float]], shuffled: dict[str, list[float]]):
-    for s in range(len(accs["reviewkd"])):
+    for s in range(len(next(iter(accs.values())))):
         d = root / f"seed-{s}"
         (d / "metrics").mkdir(parents=True)
         rows = [{"model": "teacher", "role": "teacher", "test_acc": 0.9,
@@ -108,3 +108,18 @@ def test_seeds_run_into_two_folders_form_one_benchmark(tmp_path):
     assert nums["rows"]["extra"]["test_acc"]["vs_reviewkd"]["n"] == 2
     assert "0.900 ± 0.000 (2 seeds)" in text
     assert main([f"{tmp_path / 'first'},{tmp_path / 'first'}"]) == 2  # the same seeds twice
+
+
+def test_matrix_lists_variants_by_benchmark_with_the_detectable_effect(tmp_path, capsys):
+    a = {"reviewkd": [0.5, 0.6, 0.55], "mix": [0.52, 0.61, 0.60]}
+    _fake_run(tmp_path / "one", a, {m: [0.1, 0.2, 0.3] for m in a})
+    g = {"reviewkd-f10": [0.4, 0.5, 0.45], "mix-f10": [0.41, 0.52, 0.45]}
+    _fake_run(tmp_path / "two", g, {m: [0.0] * 3 for m in g})
+    assert main([str(tmp_path / "one"), str(tmp_path / "two"), "--baselines", "reviewkd",
+                 "--matrix", "test_acc"]) == 0
+    out = capsys.readouterr().out
+    d = np.array(a["mix"]) - a["reviewkd"]
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert f"| mix | {d.mean():+.3f} [{ci.low:+.3f}, {ci.high:+.3f}] | f10: +0.010 [" in out
+    sd = max(np.std(d, ddof=1), 1e-12)
+    assert f"| smallest detectable Δ (80 % power) | {min_detectable(sd, 3):.3f} |" in out

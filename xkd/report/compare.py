@@ -118,16 +118,62 @@ def benchmark_table(root: Path | list[Path], baselines: list[str]) -> tuple[str,
     return "\n".join(lines) + "\n", numbers
 
 
+def matrix(results: list[tuple[str, dict[str, Any]]], baseline: str, columns: list[str]) -> str:
+    """Variants × benchmarks: the paired difference to ``baseline`` [95% CI] on each benchmark's
+    first available column of ``columns``, the seeds, and the smallest difference those seeds
+    detect at 80 % power (median sd of the paired differences)."""
+    picked = []
+    for name, nums in results:
+        col = next((c for c in columns if c in nums.get("power", {})), None)
+        if col is not None:
+            picked.append((name, nums, col))
+    head = ["variant"] + [f"{n} ({c}, {len(x['seeds'])} seeds)" for n, x, c in picked]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    variants: list[str] = []
+    for _, nums, _ in picked:
+        variants += [v.rsplit("-", 1)[0] if "-" in v else v for v in nums["rows"] if v not in variants]
+    variants = list(dict.fromkeys(variants))
+    for v in variants:
+        cells = [v]
+        for _, nums, col in picked:
+            groups = [k for k in nums["rows"] if k == v or k.rsplit("-", 1)[0] == v]
+            parts = []
+            for k in groups:
+                d = nums["rows"][k].get(col, {}).get(f"vs_{baseline}")
+                tag = f"{k.rsplit('-', 1)[1]}: " if "-" in k else ""
+                if d is None:
+                    parts.append(f"{tag}{_f(nums['rows'][k][col]['mean'])} (baseline)")
+                else:
+                    n = f", n={d['n']}" if d["n"] != len(nums["seeds"]) else ""
+                    parts.append(f"{tag}{_f(d['mean'], True)} [{_f(d['ci_low'], True)}, {_f(d['ci_high'], True)}]{n}")
+            cells.append("; ".join(parts) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = ["smallest detectable Δ (80 % power)"]
+    for _, nums, col in picked:
+        cells.append(_f(min_detectable(nums["power"][col], len(nums["seeds"]))))
+    lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m xkd.report.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="multi-seed run folders; RUN1,RUN2 = one benchmark "
                    "whose seeds were run into two folders")
     p.add_argument("--baselines", default="reviewkd,e2kd", help="students to pair against")
     p.add_argument("--out", help="write the markdown here instead of stdout")
+    p.add_argument("--matrix", action="append", help="also a variants x benchmarks table of the paired difference "
+                   "to the first baseline on the first of these columns each benchmark has "
+                   "(e.g. test_decoy_shuffled_acc,test_acc); repeat for several tables")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    baselines = args.baselines.split(",")
     try:
-        text = "\n".join(benchmark_table([Path(x) for x in r.split(",")], args.baselines.split(","))[0]
-                         for r in args.runs)
+        results = []
+        for r in args.runs:
+            roots = [Path(x) for x in r.split(",")]
+            results.append((roots[0].name, *benchmark_table(roots, baselines)))
+        text = "\n".join(t for _, t, _ in results)
+        for cols in reversed(args.matrix or []):
+            text = matrix([(n, x) for n, _, x in results], baselines[0], cols.split(",")) + "\n" + text
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
