@@ -17,28 +17,9 @@ from xkd.errors import UserError
 from xkd.explain import blockfile as B
 from xkd.explain.cache_store import bad_path
 from xkd.explain.explainers import Explainer
-from tests.test_saliency_cache import Images, Tiny
+from tests.test_saliency_cache import Images, calls, teacher  # noqa: F401  (fixtures)
 
 CFG = ExplainConfig(method="saliency", target="teacher_top1", max_batch=3)
-
-
-@pytest.fixture
-def teacher() -> Tiny:
-    torch.manual_seed(0)
-    return Tiny()
-
-
-@pytest.fixture
-def calls(monkeypatch) -> list[int]:
-    seen: list[int] = []
-    original = Explainer._run
-
-    def counting(self, x, *args):
-        seen.append(len(x))
-        return original(self, x, *args)
-
-    monkeypatch.setattr(Explainer, "_run", counting)
-    return seen
 
 
 def _build(root, teacher, **kw):
