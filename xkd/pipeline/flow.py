@@ -32,10 +32,10 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
                  argv: list[str], log: Any = print) -> dict[str, Any]:
     """Run the whole flow for one seed into ``run_dir``; returns the summary dict.
 
-    Under DDP every rank trains and predicts its share of the test sets; rank 0 alone then exports,
-    reports and writes, while
-    the other ranks wait for it (:func:`xkd.engine.ranks.wait_for_main`) and return ``{}``: they
-    hold no summary, and nothing downstream may read one from them."""
+    Under DDP every rank trains, predicts its share of the test sets and computes its share of the
+    report's metric rows; rank 0 alone exports, writes the report and the summary, while the other
+    ranks wait for it (:func:`xkd.engine.ranks.wait_for_main`) and return ``{}``: they hold no
+    summary, and nothing downstream may read one from them."""
     init_distributed(timeout_s=round(cfg.distributed.timeout_minutes * 60))
     device = resolve_device(cfg.device)
     folder = RunFolder(run_dir)
@@ -70,7 +70,10 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
     say(f"[xkd] stage evaluation: {len(models)} models on {', '.join(ctx.data().test_sets())}")
     results = evaluate_models(ctx, models)  # every rank predicts its share of the test sets
     if not is_main_process():
-        wait_for_main(f"seed {seed} (explanations, report)")
+        wait_for_main(f"seed {seed} (explanations)")
+        if cfg.report.enabled:  # every rank computes its share of the report's metric rows
+            _report(folder, log, device)
+        wait_for_main(f"seed {seed} (report, summary)")
         return {}
     multimodal_metrics(ctx, models, results)
     for name, info in infos.items():
@@ -88,18 +91,27 @@ def run_one_seed(cfg: ExperimentConfig, seed: int, run_dir: Path, *, resume: boo
     summary = {"name": cfg.name, "seed": seed, "smoke": smoke, "rows": rows,
                "task": ctx.data().task, "test_sets": list(ctx.data().test_sets()),
                "seconds": round(time.perf_counter() - t_start, 1)}
+    wait_for_main(f"seed {seed} (explanations)")
     if cfg.report.enabled:
         say(f"[xkd] stage report: {folder.root / 'report'}")
         _report(folder, log, device)
     io.write_json(folder.summary, summary)
-    wait_for_main(f"seed {seed} (explanations, report)")
+    wait_for_main(f"seed {seed} (report, summary)")
     return summary
 
 
 def _report(folder: RunFolder, log: Any, device: torch.device) -> None:
+    """Rank 0 builds and writes the report; under DDP the other ranks compute their share of its
+    metric rows (:func:`xkd.report.compute.compute_metrics`) and write nothing."""
     from xkd.report import build_report
+    from xkd.report.compute import compute_metrics
+    from xkd.report.loading import load_run
 
-    build_report(folder.root, log=log, device=str(device))
+    if is_main_process():
+        build_report(folder.root, log=log, device=str(device))
+        return
+    data = load_run(folder.root)
+    compute_metrics(data, data.cfg.evaluate.metrics, device=device, log=lambda *_: None)
 
 
 def aggregate_seeds(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -219,7 +219,8 @@ def build_report(run_dir: str | Path, metrics: list[str] | None = None, subset: 
                   "sanity_samples": comp.sanity_samples, "reference_model": comp.reference,
                   "control_seed": CONTROL_SEED, "target_rule": data.alignment_rule,
                   "faithfulness_target_rule": data.faithfulness_rule,
-                  "explainers": data.explainers, "created": time.time()}
+                  "explainers": data.explainers, "rows_by_rank": comp.rows_by_rank,
+                  "created": time.time()}
         indices = data.inputs["indices"] if data.inputs else None
         agg = write_records(tmp / "metrics", comp, indices, data.cfg.report.bootstrap, header)
         doc = compose(data, comp, agg, subset, data.cfg.report.figures if figures is None else figures)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 
 from xkd.config import ExplainConfig
 from xkd.errors import NotApplicable, UserError
@@ -131,6 +132,8 @@ class Computed:
     forwards: dict[str, Any] = field(default_factory=dict)
     """Images the metrics asked to forward (``requested``) and forwarded (``run``): coinciding
     forwards are shared (:func:`xkd.metrics.shared_forwards`)."""
+    rows_by_rank: list[int] = field(default_factory=list)
+    """Rows each DDP rank computed (one entry without a process group)."""
 
     def get(self, metric: str, model: str, explainer: str | None) -> Row | None:
         for r in self.rows:
@@ -195,12 +198,15 @@ class _Runner:
         self.out = Computed(params={n: _filter(n, base.get(n, {})) for n in names},
                             reference=self.ref, device=str(device), perturbation_samples=self.k,
                             sanity_samples=min(SANITY_SAMPLES, self.k))
+        self.rank, self.world = shard_of_this_process()
+        self.slot = 0  # rows planned so far; slot s is computed by rank s % world
+        self.events: list[tuple[int, int, str, Any]] = []  # (slot, order, 'row'|'skip', payload)
 
-    def skip(self, metric: str, reason: str, model: str | None = None) -> None:
+    def skip(self, metric: str, reason: str, model: str | None = None, order: int = 0) -> None:
         entry = {"metric": metric, "reason": reason}
         if model is not None:
             entry["model"] = model
-        self.out.skipped.append(entry)
+        self.events.append((self.slot, order, "skip", entry))
 
     def tensors(self) -> None:
         d, dev = self.data, self.device
@@ -223,20 +229,48 @@ class _Runner:
 
     def run(self, metric: str, row: str, expl: str | None, role: str, rule: str = "",
             **inputs: Any) -> None:
+        slot, self.slot = self.slot, self.slot + 1
+        if slot % self.world != self.rank:  # another rank computes this row (DDP)
+            return
         m = METRICS.build(metric, **self.out.params.get(metric, {}))
         t0 = time.perf_counter()
         try:
             res = m.compute(**inputs)
         except NotApplicable as e:  # named inapplicability: listed with its reason
             msg = " ".join(str(e).split())[:200]
-            self.skip(metric, f"not applicable{f' ({expl})' if expl else ''}: {msg}", model=row)
+            self.slot = slot  # the skip stands where the row would have stood
+            self.skip(metric, f"not applicable{f' ({expl})' if expl else ''}: {msg}", model=row, order=1)
+            self.slot = slot + 1
             self.log(f"[xkd.report] {metric} {row} {expl or ''}: not applicable: {msg}")
             return
         except Exception as e:  # a crash (bug, out of memory) fails the report, loudly
             raise MetricFailed(metric, row, expl, e) from e
-        sec = time.perf_counter() - t0
-        self.out.rows.append(Row(metric, row, expl, role, res, sec, rule))
-        self.out.seconds[metric] = self.out.seconds.get(metric, 0.0) + sec
+        self.events.append((slot, 1, "row", Row(metric, row, expl, role, res, time.perf_counter() - t0, rule)))
+
+    def finish(self, failure: UserError | None) -> None:
+        """Rows and skips in planning order; under DDP every rank's share is gathered (one
+        collective) and a failure on any rank fails the report on every rank."""
+        events, failures = self.events, [str(failure) if failure else None]
+        self.out.rows_by_rank = [sum(1 for e in events if e[2] == "row")]
+        if self.world > 1:
+            gathered: list[Any] = [None] * self.world
+            # plan-level skips (order 0) are the same on every rank: rank 0's are kept
+            mine = [e for e in events if e[1] == 1 or self.rank == 0]
+            dist.all_gather_object(gathered, (mine, failures[0]))
+            events = [e for part, _ in gathered for e in part]
+            self.out.rows_by_rank = [sum(1 for e in part if e[2] == "row") for part, _ in gathered]
+            failures = [f for _, f in gathered]
+        if failure is not None:
+            raise failure
+        others = [(r, f) for r, f in enumerate(failures) if f]
+        if others:
+            raise UserError(f"{others[0][1]} (on rank {others[0][0]})")
+        for slot, order, kind, payload in sorted(events, key=lambda e: (e[0], e[1])):
+            if kind == "row":
+                self.out.rows.append(payload)
+                self.out.seconds[payload.metric] = self.out.seconds.get(payload.metric, 0.0) + payload.seconds
+            else:
+                self.out.skipped.append(payload)
 
     def plan(self, metric: str) -> None:
         d = self.data
@@ -324,13 +358,26 @@ def compute_metrics(data: RunData, names: list[str] | None = None, device: str |
     r = _Runner(data, names, torch.device(device), log, perturbation_samples)
     if data.inputs:
         r.tensors()
+    failure: UserError | None = None
     with shared_forwards() as cache:  # one clean forward per (model, images), shared curve points
-        for metric in names:
-            t0 = time.perf_counter()
-            before = len(r.out.rows)
-            r.plan(metric)
-            n_rows = len(r.out.rows) - before
-            if n_rows:
-                log(f"[xkd.report] {metric}: {n_rows} rows, {time.perf_counter() - t0:.1f} s")
+        try:
+            for metric in names:
+                t0 = time.perf_counter()
+                before = len(r.events)
+                r.plan(metric)
+                n_rows = sum(1 for e in r.events[before:] if e[2] == "row")
+                if n_rows:
+                    log(f"[xkd.report] {metric}: {n_rows} rows, {time.perf_counter() - t0:.1f} s")
+        except UserError as e:  # MetricFailed: the other ranks still meet at the gather
+            failure = e
+    r.finish(failure)
     r.out.forwards = cache.summary()
     return r.out
+
+
+def shard_of_this_process() -> tuple[int, int]:
+    """``(rank, world)`` of a running process group (every rank computes its share of the rows),
+    else ``(0, 1)``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
