@@ -70,7 +70,10 @@ def train_epoch(model: nn.Module, distiller: nn.Module, loader: DataLoader, n_st
     first: float | None = None
     params = [[p for g in o.param_groups for p in g["params"]] for o in opts]
     show = D.is_main_process() and sys.stderr.isatty() and not os.environ.get("XKD_NO_PROGRESS")
-    for i, batch in enumerate(tqdm(loader, total=n_steps, desc=bar_desc, disable=not show, leave=False)):
+    # one iterator: tqdm.auto's async class calls iter() on its iterable and again when iterated,
+    # which with workers started (and prefetched into) a second, discarded loader iterator
+    batches = iter(loader)
+    for i, batch in enumerate(tqdm(batches, total=n_steps, desc=bar_desc, disable=not show, leave=False)):
         if i >= n_steps:
             break
         batch = to_device(batch, device)
