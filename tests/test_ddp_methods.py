@@ -125,12 +125,14 @@ def test_waiting_rank_stops_with_one_line_past_the_timeout(tmp_path: Path):
     assert out["seconds"] < 7  # the 2 s timeout, not rank 0's 8 s
 
 
-def _torchrun(experiment: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+def _torchrun(experiment: str, out: Path, overrides: list[str], smoke: bool = True
+              ) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XKD_NO_PROGRESS": "1"}
     sets = [a for o in overrides for a in ("--set", o)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", str(_free_port()), "-m", "xkd.run",
-           str(ROOT / "experiments" / experiment), "--smoke", "--out", str(out), *sets]
+           str(ROOT / "experiments" / experiment), *(["--smoke"] if smoke else []), "--out", str(out),
+           *sets]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 

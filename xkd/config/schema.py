@@ -154,7 +154,11 @@ class DataConfig(Strict):
     root: str | None = None
     download: bool = False
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per rank")
+    persistent_workers: bool = Field(
+        True, description="keep the loader workers alive across epochs (with num_workers > 0); "
+        "exact --resume needs a dataset whose __getitem__ draws no random numbers, as no built-in "
+        "one does: set false for a dataset of your own that does")
 
 
 class ExplainConfig(Strict):

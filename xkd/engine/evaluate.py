@@ -31,13 +31,16 @@ def collect(model: nn.Module, dataset: Dataset, device: torch.device | str,
             output: Callable[[nn.Module, torch.Tensor], torch.Tensor], batch_size: int = 256,
             num_workers: int = 0, input_key: str = "image") -> tuple[torch.Tensor, torch.Tensor]:
     """``(output(model, batch[input_key]) stacked (N,...) float32 on CPU, labels (N,))`` over the
-    dataset in order, in eval mode with no grad; the model's mode is restored afterwards."""
+    dataset in order, in eval mode with no grad; the model's mode is restored afterwards.
+    ``dataset`` may be a DataLoader that yields it in order (e.g. one with persistent workers)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     outs, labels = [], []
     try:
-        for batch in _loader(dataset, batch_size, num_workers, device.type == "cuda"):
+        batches = dataset if isinstance(dataset, DataLoader) else _loader(
+            dataset, batch_size, num_workers, device.type == "cuda")
+        for batch in batches:
             outs.append(output(model, batch[input_key].to(device, non_blocking=True)).detach().float().cpu())
             labels.append(batch["label"].cpu())
     finally:

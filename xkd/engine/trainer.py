@@ -30,6 +30,7 @@ from xkd.engine import checkpoint as ck
 from xkd.engine import distributed as D
 from xkd.engine.env import derive_seed, seed_everything, set_determinism
 from xkd.engine.evaluate import evaluate_predictions, predict
+from xkd.engine.loaders import FitLoaders
 from xkd.engine.loop import epoch_batches, reduce_stats, train_epoch
 from xkd.engine.precision import resolve_precision, to_channels_last
 from xkd.errors import ConfigError, TrainingDiverged, UserError
@@ -72,9 +73,10 @@ def _diverged(desc: str, epoch: int, step: int, what: str, out_dir: Path, good_e
                             "lower train.optimizer.lr, add train.schedule.warmup_epochs or set train.grad_clip")
 
 
-def _validate(distiller: "Distiller", val_set: Dataset | None, device: torch.device, batch_size: int,
-              task: str, num_workers: int) -> dict[str, float]:
-    """Validation on rank 0 only (its metrics are broadcast to the other ranks)."""
+def _validate(distiller: "Distiller", val_set: DataLoader | Dataset | None, device: torch.device,
+              batch_size: int, task: str, num_workers: int) -> dict[str, float]:
+    """Validation on rank 0 only (its metrics are broadcast to the other ranks); ``val_set``
+    may be a (persistent) loader of the split in order."""
     val: dict[str, float] = {}
     if val_set is not None and D.is_main_process():
         logits, labels = predict(distiller.student, val_set, device, batch_size, num_workers,
@@ -114,7 +116,8 @@ def _blown_up(loss: float, first: float | None, factor: float | None) -> bool:
 
 def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg: TrainConfig,
         out_dir: str | Path, *, device: torch.device, seed: int, deterministic: bool = False,
-        resume: bool = False, task: str = "classification", num_workers: int = 0, desc: str = "",
+        resume: bool = False, task: str = "classification", num_workers: int = 0,
+        persistent_workers: bool = True, desc: str = "",
         log: Callable[[str], Any] | None = print, stop_after_epoch: int | None = None,
         on_epoch_end: Callable[[dict[str, Any]], Any] | None = None) -> FitResult:
     """Train ``distiller`` for ``cfg.epochs`` epochs, writing history and checkpoints to ``out_dir``.
@@ -124,7 +127,9 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
     stays resumable). Raises :class:`TrainingDiverged` on a NaN/inf loss, keeping the last good
     ``last.pt``. Under DDP (:func:`xkd.engine.init_distributed` first) only rank 0 writes files.
     A ``train_set`` with an ``augment_batch(batch)`` method (:class:`xkd.data.JointAugment`) is
-    augmented per batch on ``device``.
+    augmented per batch on ``device``. With ``num_workers > 0`` and ``persistent_workers`` the
+    loaders' workers live for the whole fit (:class:`xkd.engine.loaders.FitLoaders`; the dataset's
+    ``__getitem__`` must then draw no random numbers, as no built-in one does).
     """
     out_dir = Path(out_dir)
     device = torch.device(device)
@@ -221,14 +226,14 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
                     find_unused_parameters=distiller.ddp_find_unused_parameters)
 
     rank = D.current().rank
+    loaders = FitLoaders(train_set, val_set if main else None, cfg.batch_size, num_workers,
+                         persistent_workers, device.type == "cuda", seed, rank)
     epoch = start
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.time()
         seed_everything(derive_seed(seed, epoch, rank, 1))
         batches = epoch_batches(len(train_set), cfg.batch_size, seed, epoch, train_set)[:n_steps]
-        loader = DataLoader(train_set, batch_sampler=batches, num_workers=num_workers,
-                            pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(derive_seed(seed, epoch, rank, 2)))
+        loader = loaders.train(batches, epoch)
         lr = float(opt.param_groups[0]["lr"])
         bad = (lambda i, what, e=epoch: _diverged(desc, e, i, what, out_dir, e - 1))
         stats = train_epoch(model, distiller, loader, len(batches), epoch - 1, opt, sched, scaler, cfg, device,
@@ -253,7 +258,8 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
         improved = False
         if evaluated:
-            val = _validate(distiller, val_set, device, cfg.batch_size, task, num_workers)
+            val = _validate(distiller, loaders.val() if main else val_set, device, cfg.batch_size, task,
+                            num_workers)
             if val:
                 last_val = val
                 row.update(val)

@@ -100,7 +100,8 @@ def train_model(ctx: RunContext, distiller: Distiller, bundle: DataBundle, train
     val_set = training_split(bundle.val, bundle)  # regression: selection on normalised val MAE
     res = fit(distiller, train_set, val_set, ctx.train_cfg(train, bundle.task), out_dir, device=ctx.device,
               seed=ctx.seed, deterministic=ctx.cfg.deterministic, resume=ctx.resume,
-              task=bundle.task, num_workers=ctx.cfg.data.num_workers, desc=desc, log=ctx.log)
+              task=bundle.task, num_workers=ctx.cfg.data.num_workers,
+              persistent_workers=ctx.cfg.data.persistent_workers, desc=desc, log=ctx.log)
     best = out_dir / "best.pt"
     if best.is_file():  # deploy the checkpoint selected on the validation split
         state = io.torch_load(best)
