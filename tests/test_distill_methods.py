@@ -122,3 +122,26 @@ def test_e2kd_teacher_map_is_captum_of_teacher_top1():
     out = d(b, 0)
     assert out.losses["ce"].item() == 0.0
     assert out.losses["exp"].item() == pytest.approx(2.0 * (1 - cos).mean().item(), rel=1e-5)
+
+
+def test_e2kd_explanation_shuffle_aligns_with_another_samples_teacher_map():
+    """The control of issue 15: sample i's map is compared with the teacher's map of sample
+    perm[i], perm a derangement drawn from torch's RNG at the step (replayed here)."""
+    from xkd.distill.controls import derangement
+
+    torch.manual_seed(2)
+    teacher, student = TinyNet((8, 16, 32)), TinyNet((4, 8, 12))
+    d = build_distiller("e2kd", student, teacher, {"explanation_shuffle": True}, _ctx()).eval()
+    b = _batch(b=6)
+    top1 = teacher(b["image"]).argmax(1)
+    f = student.features(b["image"])
+    e_s, e_t = d.explanations(b["image"], top1, f.stages[-1], f.logits)
+    torch.manual_seed(7)
+    perm = derangement(6)
+    assert (perm != torch.arange(6)).all()
+    torch.manual_seed(7)
+    out = d(b, 0)
+    cos = torch.nn.functional.cosine_similarity(e_s.flatten(1), e_t[perm].flatten(1), dim=1)
+    assert out.losses["exp"].item() == pytest.approx((1 - cos).mean().item(), rel=1e-5)
+    own = torch.nn.functional.cosine_similarity(e_s.flatten(1), e_t.flatten(1), dim=1)
+    assert abs((1 - own).mean().item() - out.losses["exp"].item()) > 1e-4

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xkd.distill.controls import derangement
 from xkd.distill.gradcam import captum_gradcam
 from xkd.errors import UserError
 
@@ -68,15 +69,6 @@ def normalised_entropy(m: torch.Tensor) -> torch.Tensor:
     p = flat / total.clamp_min(EPS)
     ent = -(p * torch.log(p.clamp_min(1e-30))).sum(dim=1) / math.log(n)
     return torch.where(total[:, 0] > EPS, ent, torch.ones_like(ent))
-
-
-def derangement(n: int, device: torch.device | str = "cpu",
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random permutation with no fixed point (n ≥ 2): sample order[k] gets order[k+1]'s map."""
-    order = torch.randperm(n, generator=generator)
-    perm = torch.empty_like(order)
-    perm[order] = order.roll(-1)
-    return perm.to(device)
 
 
 def degenerate(m: torch.Tensor, rel: float = 1e-6, support: float = 0.5) -> torch.Tensor:
