@@ -263,13 +263,12 @@ def test_dry_run_under_torchrun_two_ranks(tmp_path):
     """``torchrun --nproc_per_node 2`` (gloo): rank 0 writes the fake data and teacher, the other
     rank waits for them; one pair runs end to end and one table is written."""
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from tests.conftest import free_port
+
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XKD_NO_PROGRESS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "xkd.reproduce", "cifar100", "--dry-run", "--out", str(tmp_path / "dry"),
@@ -280,3 +279,20 @@ def test_dry_run_under_torchrun_two_ranks(tmp_path):
     rows = [x for x in io.read_json(tmp_path / "dry" / "results.json")["rows"] if x["file"] == "resnet56_resnet20.yaml"]
     assert {x["state"] for x in rows} == {"complete"}
     assert len(list((tmp_path / "dry" / "_fake_teachers").iterdir())) == 1
+
+
+def test_a_disk_fault_is_one_line_with_exit_2(monkeypatch, capsys):
+    """Like xkd.run and xkd.report (the shared ``xkd.errors.run_cli``): an OSError while a suite
+    writes is one ``error:`` line naming the file and the cause, exit 2, no traceback."""
+    import errno
+
+    from xkd.reproduce import cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/reproduce-cifar100/results.md")
+
+    monkeypatch.setattr(cli, "_run", full)
+    assert cli.main(["cifar100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: /runs/reproduce-cifar100/results.md: No space left")
+    assert "[errno 28]" in err[0] and "run the same command again" in err[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Callable
 
 
 class UserError(Exception):
@@ -53,3 +54,23 @@ def warn(message: str) -> None:
     student), so a warning never repeats per step."""
     if os.environ.get("RANK", "0") == "0":
         print("warning: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+
+
+def run_cli(body: Callable[[], int], interrupted: str, after_fault: str) -> int:
+    """The exit code of a CLI's ``body()``, or one line on stderr and its code: a
+    :class:`UserError` (its ``exit_code``), Ctrl-C (130, ``interrupted; <interrupted>``) or an
+    ``OSError`` outside xkd.io's writers (2: file, cause and errno, then ``after_fault``).
+    Shared by ``xkd.run``, ``xkd.report`` and ``xkd.reproduce``."""
+    try:
+        return body()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"interrupted; {interrupted}", file=sys.stderr)
+        return 130
+    except OSError as e:  # a full disk, a read-only folder, a permission: one line too
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        code = f" [errno {e.errno}]" if e.errno else ""
+        print(f"error:{where}: {e.strerror or e}{code}; {after_fault}", file=sys.stderr)
+        return 2

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xkd.errors import UserError
+from xkd.errors import UserError, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,7 +109,8 @@ def _on_rank0(fn: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         if args.list:
             for family, names in list_registered().items():
                 print(f"{family}: {', '.join(names)}")
@@ -117,18 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.experiment:
             raise UserError("missing EXPERIMENT.yaml; e.g. python -m xkd.run experiments/quickstart.yaml")
         return _run(args, argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    except OSError as e:  # a fault of the disk or the system outside xkd.io's writers: one line too
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        code = f" [errno {e.errno}]" if e.errno else ""
-        print(f"error:{where}: {e.strerror or e}{code}; what was complete is kept: fix the cause, "
-              "then continue with --resume", file=sys.stderr)
-        return 2
+
+    return run_cli(body, interrupted="continue with --resume",
+                   after_fault="what was complete is kept: fix the cause, then continue with --resume")
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:

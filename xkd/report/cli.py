@@ -13,7 +13,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from xkd.errors import UserError
+from xkd.errors import UserError, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     log = (lambda *_: None) if args.quiet else print
-    try:
+
+    def body() -> int:
         metrics = None
         if args.metrics is not None:
             metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -63,13 +64,6 @@ def main(argv: list[str] | None = None) -> int:
                                    perturbation_samples=args.perturbation_samples, device=args.device)
         print(out)
         return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; the previous report is unchanged", file=sys.stderr)
-        return 130
-    except OSError as e:  # a full disk, a read-only folder ... outside xkd.io's writers: one line
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"error:{where}: {e.strerror or e}; the previous report is unchanged", file=sys.stderr)
-        return 2
+
+    return run_cli(body, interrupted="the previous report is unchanged",
+                   after_fault="the previous report is unchanged")

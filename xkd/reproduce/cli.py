@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from xkd.errors import UserError
+from xkd.errors import UserError, run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,16 +93,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body() -> int:
         if args.list:
             return _list([args.suite] if args.suite else [])
         if not args.suite:
             raise UserError("name a suite (python -m xkd.reproduce --list shows them), e.g. "
                             "python -m xkd.reproduce cifar100 --dry-run")
         return _run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
+
+    return run_cli(body, interrupted="run the same command again to continue",
+                   after_fault="what was complete is kept: fix the cause, then run the same command again")
