@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -61,3 +62,19 @@ def smoke_run_experiment(name: str, out: Path, overrides: list[str] = SHRUNK_SHA
     args = [str(path), "--smoke", "--out", str(out)] + [a for o in overrides for a in ("--set", o)]
     assert main(args) == 0
     return out / "seed-0"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a gloo process group, torchrun's
+    --master_port or a local server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gloo_env(rank: int, world: int, port: int) -> None:
+    """Inside an ``mp.spawn`` worker: the environment torchrun would set for ``rank`` of
+    ``world`` on this machine, no progress bars, one torch thread."""
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "XKD_NO_PROGRESS": "1"})
+    torch.set_num_threads(1)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,22 +25,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import SHRUNK_SHAPES
+from tests.conftest import SHRUNK_SHAPES, free_port, gloo_env
 from tests.test_engine_helpers import TinyData, TinyNet, train_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(rank: int, world: int, port: int) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "XKD_NO_PROGRESS": "1"})
-    torch.set_num_threads(1)
 
 
 def _build(method: str, n: int):
@@ -64,7 +51,7 @@ def _state(d) -> dict[str, torch.Tensor]:
 
 
 def _state_worker(rank: int, world: int, port: int, base: str, method: str) -> None:
-    _env(rank, world, port)
+    gloo_env(rank, world, port)
     from xkd.engine import cleanup, fit, init_distributed
 
     init_distributed("cpu")
@@ -78,7 +65,7 @@ def _state_worker(rank: int, world: int, port: int, base: str, method: str) -> N
 
 @pytest.mark.parametrize("method", ["hkd", "introspective"])
 def test_per_sample_state_is_the_union_of_both_ranks_updates(tmp_path: Path, method: str):
-    mp.spawn(_state_worker, args=(2, _free_port(), str(tmp_path), method), nprocs=2, join=True)
+    mp.spawn(_state_worker, args=(2, free_port(), str(tmp_path), method), nprocs=2, join=True)
     r0 = torch.load(tmp_path / f"{method}0.pt", weights_only=True)
     r1 = torch.load(tmp_path / f"{method}1.pt", weights_only=True)
     for k in r0["final"]:
@@ -96,7 +83,7 @@ def test_per_sample_state_is_the_union_of_both_ranks_updates(tmp_path: Path, met
 
 
 def _wait_worker(rank: int, world: int, port: int, base: str) -> None:
-    _env(rank, world, port)
+    gloo_env(rank, world, port)
     import torch.distributed as dist
 
     from xkd.engine.ranks import wait_for_main
@@ -118,7 +105,7 @@ def _wait_worker(rank: int, world: int, port: int, base: str) -> None:
 
 
 def test_waiting_rank_stops_with_one_line_past_the_timeout(tmp_path: Path):
-    mp.spawn(_wait_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_wait_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     out = json.loads((tmp_path / "rank1.json").read_text())
     assert out["msg"].startswith("rank 1: waited for rank 0 to finish the cGAN stage (RUN/cgan)")
     assert "distributed.timeout_minutes" in out["msg"] and "\n" not in out["msg"]
@@ -130,7 +117,7 @@ def _torchrun(experiment: str, out: Path, overrides: list[str], smoke: bool = Tr
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XKD_NO_PROGRESS": "1"}
     sets = [a for o in overrides for a in ("--set", o)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), "-m", "xkd.run",
+           "--master_port", str(free_port()), "-m", "xkd.run",
            str(ROOT / "experiments" / experiment), *(["--smoke"] if smoke else []), "--out", str(out),
            *sets]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)

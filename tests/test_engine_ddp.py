@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from tests.conftest import free_port, gloo_env
 from tests.test_engine_helpers import TinyData, make, state, train_cfg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, base: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "XKD_NO_PROGRESS": "1"})
-    torch.set_num_threads(1)
+    gloo_env(rank, world, port)
     from xkd.engine import cleanup, fit, init_distributed, is_main_process
 
     info = init_distributed("cpu")
@@ -40,7 +31,7 @@ def _worker(rank: int, world: int, port: int, base: str) -> None:
 
 def test_two_process_ddp_identical_weights_and_rank0_writes(tmp_path):
     world = 2
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     s0 = torch.load(tmp_path / "state0.pt", weights_only=True)
     s1 = torch.load(tmp_path / "state1.pt", weights_only=True)
     assert not torch.equal(s0["init"]["student.fc.weight"], s1["init"]["student.fc.weight"])

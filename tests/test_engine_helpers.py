@@ -35,20 +35,23 @@ class TinyNet(FeatureModel):
 
 class TinyData(Dataset):
     """Sample dicts (8x8 images); class-dependent mean so it is learnable; a random horizontal flip
-    drawn from torch's global RNG stands in for augmentation."""
+    drawn from torch's global RNG stands in for augmentation (``flip=False``: none, the same
+    sample in every process and worker)."""
 
-    def __init__(self, n: int = 48, num_classes: int = 3, seed: int = 0, regression: bool = False) -> None:
+    def __init__(self, n: int = 48, num_classes: int = 3, seed: int = 0, regression: bool = False,
+                 flip: bool = True) -> None:
         g = torch.Generator().manual_seed(seed)
         self.labels = torch.arange(n) % num_classes
         self.images = torch.randn(n, 3, 8, 8, generator=g) + self.labels.view(-1, 1, 1, 1).float()
         self.regression = regression
+        self.flip = flip
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         img = self.images[i]
-        if torch.rand(()) < 0.5:
+        if self.flip and torch.rand(()) < 0.5:
             img = img.flip(-1)
         label = self.labels[i].float() if self.regression else self.labels[i]
         return {"image": img, "label": label, "index": torch.tensor(i)}

@@ -19,13 +19,6 @@ from xkd.io import torch_load, torch_save
 CPU = torch.device("cpu")
 
 
-class Fixed(TinyData):
-    """TinyData without the random flip (no RNG in the data)."""
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.images[i], "label": self.labels[i], "index": torch.tensor(i)}
-
-
 class TwoOpt(TinyDistiller):
     """CE on the student; the ``aux`` head (its own loss on the detached pooled features) is
     trained by a separate Adam optimiser, as FFSD's self-distillation modules are."""
@@ -72,7 +65,7 @@ def test_one_backward_then_each_optimiser_equals_separate_updates(tmp_path):
     d = TwoOpt(seed=3)
     d.student.drop.p = 0.0
     ref = copy.deepcopy(d)
-    data = Fixed(48)
+    data = TinyData(48, flip=False)
     fit(d, data, None, cfg, tmp_path, device=CPU, seed=5, log=None)
     # by hand: the same batch through separate optimisers, each stepping on its own loss
     (idx,) = epoch_batches(48, 48, 5, 1, data)

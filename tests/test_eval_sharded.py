@@ -3,40 +3,24 @@ processes every rank gets every sample's logits, in dataset order, equal to one 
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from tests.conftest import free_port, gloo_env
 from tests.test_engine_helpers import TinyData, TinyNet
 
 
-class FixedData(TinyData):
-    """TinyData without its random flip: the same sample in every process."""
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"image": self.images[i], "label": self.labels[i], "index": torch.tensor(i)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
-                       "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
-    torch.set_num_threads(1)
+    gloo_env(rank, world, port)
     from xkd.engine import cleanup, init_distributed
     from xkd.engine.evaluate import predict_sharded
 
     init_distributed("cpu")
     torch.manual_seed(0)
     model = TinyNet()
-    logits, labels = predict_sharded(model, FixedData(37, seed=5), "cpu", batch_size=4)
+    logits, labels = predict_sharded(model, TinyData(37, seed=5, flip=False), "cpu", batch_size=4)
     torch.save({"logits": logits, "labels": labels}, Path(out) / f"rank{rank}.pt")
     cleanup()
 
@@ -44,9 +28,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 def test_two_ranks_each_get_all_predictions_in_order(tmp_path: Path) -> None:
     from xkd.engine.evaluate import predict
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     torch.manual_seed(0)
-    ref_logits, ref_labels = predict(TinyNet(), FixedData(37, seed=5), "cpu", batch_size=4)
+    ref_logits, ref_labels = predict(TinyNet(), TinyData(37, seed=5, flip=False), "cpu", batch_size=4)
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert got["logits"].shape == ref_logits.shape == (37, ref_logits.shape[1])

@@ -24,13 +24,13 @@ class PidLoggingData(TinyData):
     appends the reading process's pid to ``log`` (one line per sample)."""
 
     def __init__(self, n: int, log: Path, seed: int = 0) -> None:
-        super().__init__(n, seed=seed)
+        super().__init__(n, seed=seed, flip=False)
         self.log = log
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         with open(self.log, "a") as f:
             f.write(f"{os.getpid()}\n")
-        return {"image": self.images[i], "label": self.labels[i], "index": torch.tensor(i)}
+        return super().__getitem__(i)
 
 
 @pytest.fixture(autouse=True)

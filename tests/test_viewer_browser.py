@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import free_port
 from tests.test_viewer import ROOT, STUDENTS, VIEWER, build_runs_root
 
 DOCS_SHOT = ROOT / "docs" / "viewer_sample_explorer.png"
@@ -47,12 +47,6 @@ PROBE = """(() => {
     running: !!document.querySelector('[data-testid="stStatusWidgetRunningIcon"]'),
   });
 })()"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, timeout: float = 2.0) -> bytes:
