@@ -258,8 +258,7 @@ def fit(distiller: "Distiller", train_set: Dataset, val_set: Dataset | None, cfg
         evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
         improved = False
         if evaluated:
-            val = _validate(distiller, loaders.val() if main else val_set, device, cfg.batch_size, task,
-                            num_workers)
+            val = _validate(distiller, loaders.val(), device, cfg.batch_size, task, num_workers)
             if val:
                 last_val = val
                 row.update(val)

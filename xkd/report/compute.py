@@ -202,11 +202,14 @@ class _Runner:
         self.slot = 0  # rows planned so far; slot s is computed by rank s % world
         self.events: list[tuple[int, int, str, Any]] = []  # (slot, order, 'row'|'skip', payload)
 
-    def skip(self, metric: str, reason: str, model: str | None = None, order: int = 0) -> None:
+    def skip(self, metric: str, reason: str, model: str | None = None, slot: int | None = None) -> None:
+        """List ``metric`` as skipped: a plan-level skip (every rank plans it; rank 0's is kept) at
+        the current slot, or a row's own inapplicability at that row's ``slot``."""
         entry = {"metric": metric, "reason": reason}
         if model is not None:
             entry["model"] = model
-        self.events.append((self.slot, order, "skip", entry))
+        at, order = (self.slot, 0) if slot is None else (slot, 1)
+        self.events.append((at, order, "skip", entry))
 
     def tensors(self) -> None:
         d, dev = self.data, self.device
@@ -238,9 +241,8 @@ class _Runner:
             res = m.compute(**inputs)
         except NotApplicable as e:  # named inapplicability: listed with its reason
             msg = " ".join(str(e).split())[:200]
-            self.slot = slot  # the skip stands where the row would have stood
-            self.skip(metric, f"not applicable{f' ({expl})' if expl else ''}: {msg}", model=row, order=1)
-            self.slot = slot + 1
+            # listed where the row would have stood
+            self.skip(metric, f"not applicable{f' ({expl})' if expl else ''}: {msg}", model=row, slot=slot)
             self.log(f"[xkd.report] {metric} {row} {expl or ''}: not applicable: {msg}")
             return
         except Exception as e:  # a crash (bug, out of memory) fails the report, loudly
