@@ -123,3 +123,15 @@ def test_matrix_lists_variants_by_benchmark_with_the_detectable_effect(tmp_path,
     assert f"| mix | {d.mean():+.3f} [{ci.low:+.3f}, {ci.high:+.3f}] | f10: +0.010 [" in out
     sd = max(np.std(d, ddof=1), 1e-12)
     assert f"| smallest detectable Δ (80 % power) | {min_detectable(sd, 3):.3f} |" in out
+
+
+def test_out_file_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys):
+    accs = {"reviewkd": [0.50, 0.60], "mix": [0.56, 0.63]}
+    _fake_run(tmp_path / "bench", accs, accs)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main([str(tmp_path / "bench"), "--out", str(blocker / "table.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "table.md" in err[0]
+    assert main([str(tmp_path / "bench"), "--out", str(tmp_path / "table.md")]) == 0
+    assert "| mix |" in (tmp_path / "table.md").read_text()

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xkd.errors import UserError
+from xkd.errors import UserError, run_cli
+from xkd.io import write_text
 from xkd.report.power import min_detectable, seeds_for_halfwidth
 from xkd.report.seeds import collect
 from xkd.report.stats import mean_std, paired_difference
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                    "(e.g. test_decoy_shuffled_acc,test_acc); repeat for several tables")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     baselines = args.baselines.split(",")
-    try:
+
+    def body() -> int:
         results = []
         for r in args.runs:
             roots = [Path(x) for x in r.split(",")]
@@ -174,14 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         text = "\n".join(t for _, t, _ in results)
         for cols in reversed(args.matrix or []):
             text = matrix([(n, x) for n, _, x in results], baselines[0], cols.split(",")) + "\n" + text
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
-    else:
-        print(text)
-    return 0
+        if args.out:
+            write_text(Path(args.out), text)
+        else:
+            print(text)
+        return 0
+
+    return run_cli(body, interrupted="nothing was written", after_fault="nothing was written")
 
 
 if __name__ == "__main__":
