@@ -152,3 +152,25 @@ def test_every_variant_trains_one_step_with_its_own_loss_terms():
 def test_inconsistent_guidance_settings_are_one_line_config_errors(params, field):
     with pytest.raises(ConfigError, match=field):
         build_distiller("reviewkd", TinyNet(), TinyNet(), params, _ctx())
+
+
+def test_shuffle_control_also_moves_the_e2kd_term_of_review():
+    """``saliency_shuffle`` is the control of every guidance term, e2kd_weight's included: the
+    review's explanation term equals e2KD's with the same derangement of teacher maps."""
+    s, t = TinyNet((4, 8, 12)), TinyNet((8, 16, 32))
+    batch = _batch()
+    p = {"e2kd_weight": 1.0, "warmup_epochs": 0}
+    rv = build_distiller("reviewkd", s, t, {**p, "saliency_shuffle": True}, _ctx()).train()
+    e2 = build_distiller("e2kd", s, t, {"kd_weight": 1.0, "lambda_exp": 1.0,
+                                          "explanation_shuffle": True}, _ctx()).train()
+    plain = build_distiller("reviewkd", s, t, p, _ctx()).train()
+    torch.manual_seed(5)
+    shuffled = rv(batch, 1).losses["exp"]
+    torch.manual_seed(5)
+    torch.testing.assert_close(shuffled, e2(batch, 1).losses["exp"])
+    assert not torch.allclose(shuffled, plain(batch, 1).losses["exp"])
+
+
+def test_a_shuffle_control_with_nothing_to_shuffle_is_a_config_error():
+    with pytest.raises(ConfigError, match="saliency_shuffle"):
+        build_distiller("reviewkd", TinyNet(), TinyNet(), {"saliency_shuffle": True}, _ctx())

@@ -93,7 +93,9 @@ def fgd_attention(outs: list[torch.Tensor], targets: list[torch.Tensor], tempera
 
 
 def e2kd_term(teacher: torch.nn.Module, x: torch.Tensor, target: torch.Tensor,
-              s_stage: torch.Tensor, s_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean 1 − cos(E_S, E_T), mean cos) with e2KD's own function."""
-    cos = explanation_cosine(teacher, x, target, s_stage, s_logits)
+              s_stage: torch.Tensor, s_logits: torch.Tensor, perm: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean 1 − cos(E_S, E_T), mean cos) with e2KD's own function; ``perm`` (the shuffle
+    control) aligns sample i with the teacher's map of sample ``perm[i]``."""
+    cos = explanation_cosine(teacher, x, target, s_stage, s_logits, perm)
     return (1.0 - cos).mean(), cos.detach().mean()

@@ -25,6 +25,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from xkd.distill.controls import derangement
 from xkd.distill.reviewkd.abf import ReviewChain
 from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, StepOutput
 from xkd.losses import hcl, kd_loss, task_loss, warmup_factor, weighted_hcl
@@ -83,6 +84,10 @@ class ReviewKDParams(GuidanceParams):
                              f"saliency_mix to 0 (got {self.saliency_mix})")
         if self.saliency_adaptive is not None and self.saliency_mix == 0:
             raise ValueError("saliency_adaptive scales saliency_mix per sample; set saliency_mix > 0")
+        if self.saliency_shuffle and not (self.saliency_mix > 0 or self.uses_maps() or self.e2kd_weight > 0):
+            raise ValueError("saliency_shuffle is the control of a guidance term, but none is on; "
+                             "set saliency_mix, fg_weight/bg_weight, attention_target_weight or "
+                             "e2kd_weight > 0 (or drop saliency_shuffle)")
         return self
 
 
@@ -259,8 +264,9 @@ class ReviewKDDistiller(Distiller):
                 losses[name] = (weight * warm) * diag.pop(name)
         logs = {"review_warmup": warm}
         if p.e2kd_weight > 0:
+            perm = derangement(len(x), x.device) if p.saliency_shuffle and len(x) > 1 else None
             exp, cos = e2kd_term(self.teacher, x, t_feat.logits.argmax(dim=1), s_feat.stages[-1],
-                                 s_feat.logits)
+                                 s_feat.logits, perm)
             losses["exp"], logs["exp_cos"] = p.e2kd_weight * exp, float(cos)
         if diag:
             values = torch.stack(list(diag.values())).tolist()
