@@ -8,7 +8,8 @@ deterministic per (seed, split, index). The object mask is the set of shape pixe
 
 Decoy (a "right for the right reasons" shortcut, after Decoy-MNIST, Ross et al. 2017): a solid
 ``size`` x ``size`` marker in a corner whose corner (class mod 4) and colour (one per class) encode
-the label, painted with probability ``probability`` into the training split (and the validation
+the label (``position: random``: anywhere at least one pixel clear of the object, drawn per image,
+so only the colour encodes the label; ``xkd.data.placement``), painted with probability ``probability`` into the training split (and the validation
 split with ``apply_to: train_val``). ``test`` never has a marker; the extra test set
 ``test_decoy_shuffled`` holds the same test images, each with the marker of a random *other*
 class, so a model that reads the marker instead of the shape falls below chance there. Objects
@@ -27,6 +28,7 @@ from pydantic import Field, model_validator
 from xkd.config import AugmentConfig, DataConfig, Strict
 from xkd.data import render
 from xkd.data.base import DATASETS, DataBundle
+from xkd.data.placement import corner_positions, free_positions, paint_squares
 from xkd.data.tensors import CHUNK, TensorSplit, chunk_blocks, chunk_rng
 from xkd.data.transforms import build_train_transform
 
@@ -46,6 +48,8 @@ class DecoyParams(Strict):
     size: int = Field(6, ge=1, description="marker side in pixels (at most image_size // 4)")
     apply_to: Literal["train", "train_val"] = Field(
         "train_val", description="splits with correlated markers; test is always clean")
+    position: Literal["corner", "random"] = Field(
+        "corner", description="corner: corner k mod 4 for class k; random: anywhere clear of the object")
 
 
 class ShapesParams(Strict):
@@ -138,13 +142,20 @@ def marker_masks(size: int, side: int) -> torch.Tensor:
     return m
 
 
-def add_markers(images: torch.Tensor, marker: torch.Tensor, decoy: DecoyParams) -> torch.Tensor:
-    """Paint the marker of class ``marker[i]`` into image i (skip where marker[i] < 0)."""
-    corners = marker_masks(images.shape[-1], decoy.size)
+def add_markers(images: torch.Tensor, marker: torch.Tensor, decoy: DecoyParams,
+                masks: torch.Tensor | None = None, rng: np.random.Generator | None = None
+                ) -> torch.Tensor:
+    """Paint the marker of class ``marker[i]`` into image i (skip where marker[i] < 0): in corner
+    ``marker[i] mod 4``, or with ``position: random`` at a place clear of ``masks`` drawn from ``rng``."""
     colours = (torch.tensor(MARKER_COLOURS) * 255).round().to(torch.uint8)
     k = marker.clamp_min(0)
-    where = corners[k % 4] & (marker >= 0)[:, None, None]
-    return torch.where(where[:, None], colours[k][:, :, None, None], images)
+    if decoy.position == "corner":
+        rows, cols = corner_positions(k % 4, decoy.size, images.shape[-1])
+    else:
+        if masks is None or rng is None:
+            raise ValueError("add_markers: position 'random' needs the object masks and a generator")
+        rows, cols = free_positions(masks, decoy.size, 1, rng)
+    return paint_squares(images, rows, cols, decoy.size, colours[k], marker >= 0)
 
 
 def decoy_markers(labels: torch.Tensor, decoy: DecoyParams, num_classes: int, seed: int,
@@ -164,7 +175,8 @@ def decoy_markers(labels: torch.Tensor, decoy: DecoyParams, num_classes: int, se
 def _split(p: ShapesParams, seed: int, split: str, n: int, decoy: bool) -> TensorSplit:
     imgs, labels, masks = generate(p, seed, split, n)
     if decoy and p.decoy is not None:
-        imgs = add_markers(imgs, decoy_markers(labels, p.decoy, p.num_classes, seed, split, False), p.decoy)
+        imgs = add_markers(imgs, decoy_markers(labels, p.decoy, p.num_classes, seed, split, False),
+                           p.decoy, masks, chunk_rng(seed, split, 3, 0))
     return TensorSplit(imgs, labels, MEAN, STD, masks)
 
 
@@ -176,7 +188,8 @@ def make_bundle(p: ShapesParams, seed: int, augment: AugmentConfig) -> DataBundl
     if d is not None:
         shuffled = decoy_markers(test.labels, d, p.num_classes, seed, "test", True)
         extra["test_decoy_shuffled"] = TensorSplit(
-            add_markers(test.images, shuffled, d), test.labels, MEAN, STD, test.masks)
+            add_markers(test.images, shuffled, d, test.masks, chunk_rng(seed, "test", 4, 0)),
+            test.labels, MEAN, STD, test.masks)
     return DataBundle(
         name="shapes",
         train=_split(p, seed, "train", p.train_size, True),
