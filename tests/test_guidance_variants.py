@@ -174,3 +174,45 @@ def test_shuffle_control_also_moves_the_e2kd_term_of_review():
 def test_a_shuffle_control_with_nothing_to_shuffle_is_a_config_error():
     with pytest.raises(ConfigError, match="saliency_shuffle"):
         build_distiller("reviewkd", TinyNet(), TinyNet(), {"saliency_shuffle": True}, _ctx())
+
+
+def test_gcblock_pools_by_softmax_attention_and_adds_the_transformed_context():
+    from xkd.distill.reviewkd.fgbg import GcBlock
+
+    torch.manual_seed(0)
+    block = GcBlock(6)
+    f = torch.randn(3, 6, 4, 5)
+    logits = F.conv2d(f, block.key.weight, block.key.bias).flatten(1)
+    w = torch.exp(logits - logits.amax(1, keepdim=True))
+    w = w / w.sum(1, keepdim=True)
+    ref_ctx = (f.flatten(2) * w[:, None]).sum(-1)[:, :, None, None]  # Σ_j softmax_j · f_j
+    torch.testing.assert_close(block.context(f), ref_ctx)
+    torch.nn.init.zeros_(block.key.weight)  # uniform attention: the context is the spatial mean
+    mean = f.mean(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(block.context(f), mean)
+    h = F.relu(F.layer_norm(F.conv2d(mean, block.transform[0].weight, block.transform[0].bias),
+                            [3, 1, 1], block.transform[1].weight, block.transform[1].bias))
+    out = F.conv2d(h, block.transform[3].weight, block.transform[3].bias)
+    torch.testing.assert_close(block(f), f + out)
+
+
+def test_fgd_global_term_trains_both_gcblocks_and_vanishes_for_identical_sides():
+    from xkd.distill.reviewkd.fgbg import GlobalRelation
+
+    torch.manual_seed(0)
+    rel = GlobalRelation([8])
+    rel.teacher.load_state_dict(rel.student.state_dict())
+    t = torch.randn(2, 8, 4, 4)
+    assert rel([t.clone()], [t]).item() < 1e-12
+    s, te = TinyNet((4, 8, 12)), TinyNet((8, 16, 32))
+    d = build_distiller("reviewkd", s, te, {"warmup_epochs": 0, "fgd_global_weight": 2.0}, _ctx()).train()
+    out = d(_batch(), 1)
+    assert set(out.losses) == {"ce", "review", "fgd_global"} and out.losses["fgd_global"].item() > 0
+    out.losses["fgd_global"].backward()
+    blocks = d.extra_modules()[1]
+    assert blocks is d.global_relation and len(blocks.student) == d.n_levels
+    for side in (blocks.student, blocks.teacher):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in side.parameters() if p.dim() > 1)
+    plain = build_distiller("reviewkd", s, te, {"warmup_epochs": 0}, _ctx())
+    assert len(plain.extra_modules()) == 1

@@ -15,11 +15,17 @@ map T (B,C,h,w) and the teacher's map M_j resized to h×w:
 
 ``attention_loss`` is FGD's attention term (eq. 7): L1 between teacher and student spatial
 attention plus L1 between their channel attention, the teacher's as the target.
+
+``GlobalRelation`` is FGD's global term (eqs. 8-9): each side's features pass a GcBlock,
+R(F) = F + W_v2(ReLU(LN(W_v1(Σ_j softmax_j(W_k F)_j F_j)))), one trainable block per side as in
+FGD, and L_global = mean over elements of (R(T) − R(U))². FGD sums over elements and divides by
+the batch; the mean puts the term on HCL's scale (``fgd_global_weight`` absorbs the factor C·h·w).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from xkd.distill.reviewkd.weights import EPS, degenerate, resize_map
 from xkd.losses import weighted_hcl
@@ -71,3 +77,41 @@ def attention_loss(u: torch.Tensor, t: torch.Tensor, temperature: float) -> torc
     spatial = (spatial_attention(t, temperature) - spatial_attention(u, temperature)).abs().mean()
     channel = (channel_attention(t, temperature) - channel_attention(u, temperature)).abs().mean()
     return spatial + channel
+
+
+class GcBlock(nn.Module):
+    """Global context block (Cao et al., GCNet 2019; FGD eq. 9) with FGD's bottleneck ratio 1/2:
+    softmax attention pooling over positions (W_k, a 1x1 conv to one channel), then
+    W_v2 · ReLU · LayerNorm · W_v1 on the pooled vector, added to every position."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        mid = max(1, channels // 2)
+        self.key = nn.Conv2d(channels, 1, kernel_size=1)
+        self.transform = nn.Sequential(nn.Conv2d(channels, mid, kernel_size=1),
+                                       nn.LayerNorm([mid, 1, 1]), nn.ReLU(inplace=True),
+                                       nn.Conv2d(mid, channels, kernel_size=1))
+
+    def context(self, f: torch.Tensor) -> torch.Tensor:
+        """(B,C,1,1) = Σ_j softmax_j(W_k f)_j f_j."""
+        b, c = f.shape[:2]
+        weights = torch.softmax(self.key(f).flatten(1), dim=1)  # (B, h·w)
+        return torch.einsum("bn,bcn->bc", weights, f.flatten(2)).view(b, c, 1, 1)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f + self.transform(self.context(f))
+
+
+class GlobalRelation(nn.Module):
+    """FGD's global relation term over the spatial levels: a student and a teacher GcBlock per
+    level (both trained, as in FGD); ``forward(outs, targets)`` = Σ_levels mean (R_t(T) − R_s(U))²."""
+
+    def __init__(self, channels: list[int]) -> None:
+        super().__init__()
+        self.student = nn.ModuleList(GcBlock(c) for c in channels)
+        self.teacher = nn.ModuleList(GcBlock(c) for c in channels)
+
+    def forward(self, outs: list[torch.Tensor], targets: list[torch.Tensor]) -> torch.Tensor:
+        terms = [(gt(t.detach().float()) - gs(u.float())).pow(2).mean()
+                 for u, t, gs, gt in zip(outs, targets, self.student, self.teacher)]
+        return torch.stack(terms).sum()

@@ -8,7 +8,9 @@ weighting of ``saliency_mix`` (``weights``); every one is off by default.
 * ``fg_weight``/``bg_weight``: HCL split by the teacher's map into a foreground and a background
   term, weighted by the teacher's spatial and channel attention (FGD, Yang et al. CVPR 2022; the
   map replaces ground-truth boxes; ``fgbg``); ``fgd_attention_weight`` adds FGD's attention loss
-  (teacher spatial/channel attention as the student's target).
+  (teacher spatial/channel attention as the student's target) and ``fgd_global_weight`` FGD's
+  global relation term (a trained GcBlock per side, ``fgbg.GlobalRelation``; it does not read
+  the map).
 * ``attention_target_weight``: the teacher's map M_j/max(M_j) as a target for the first map a₁ of
   every fusing ABF (the weight of the level's own features, ``abf``): mean squared error.
 * ``e2kd_weight``: e2KD's explanation alignment 1 − cos(E_S, E_T) added to the review
@@ -43,6 +45,8 @@ class GuidanceParams(MethodParams):
                                           "attention in the split terms (FGD: 0.5); null = no attention")
     fgd_attention_weight: float = Field(0.0, ge=0, description="FGD attention loss: student "
                                         "spatial/channel attention to the teacher's (L1)")
+    fgd_global_weight: float = Field(0.0, ge=0, description="FGD global relation term: MSE "
+                                     "between GcBlock-transformed teacher and student features")
     attention_target_weight: float = Field(0.0, ge=0, description="teacher map as the target of "
                                            "each ABF's first attention map (MSE)")
     e2kd_weight: float = Field(0.0, ge=0, description="e2KD explanation alignment 1 - cos(E_S, E_T)")

@@ -31,6 +31,7 @@ from xkd.distill.base import METHODS, DistillContext, Distiller, MethodParams, S
 from xkd.losses import hcl, kd_loss, task_loss, warmup_factor, weighted_hcl
 from xkd.distill.reviewkd.guidance import (GuidanceParams, attention_target, e2kd_term,
                                            fgd_attention, split_review)
+from xkd.distill.reviewkd.fgbg import GlobalRelation
 from xkd.distill.reviewkd.weights import SaliencyWeighting
 from xkd.errors import UserError, warn
 from xkd.models.base import Features, FeatureModel, describe
@@ -151,6 +152,8 @@ class ReviewKDDistiller(Distiller):
         self.abfs = ReviewChain([s.channels for s in s_sel] + [s_pooled],
                                 [t.channels for t in t_sel] + [t_pooled],
                                 self.level_sizes + [(1, 1)], mid)
+        self.global_relation = (GlobalRelation([t.channels for t in t_sel])
+                                if p.fgd_global_weight > 0 else None)
         self.weighting: SaliencyWeighting | None = None
         if p.saliency_mix > 0 or p.uses_maps():
             self.weighting = SaliencyWeighting(p.saliency_mix, p.saliency_shuffle, p.gate_wrong,
@@ -195,7 +198,7 @@ class ReviewKDDistiller(Distiller):
         self.weighting.set_explainer(explainer, target_rule)
 
     def extra_modules(self) -> list[nn.Module]:
-        return [self.abfs]
+        return [self.abfs] + ([self.global_relation] if self.global_relation is not None else [])
 
     def epoch_end(self, row: dict[str, Any]) -> None:
         """Warn once when most of an epoch's teacher maps were all-zero or constant: their
@@ -226,6 +229,8 @@ class ReviewKDDistiller(Distiller):
         extra: dict[str, torch.Tensor] = {}
         if p.fgd_attention_weight > 0 and p.fgd_temperature is not None:
             extra["fgd_attention"] = fgd_attention(outs[:-1], targets[:-1], p.fgd_temperature)
+        if self.global_relation is not None:
+            extra["fgd_global"] = self.global_relation(outs[:-1], targets[:-1])
         if self.weighting is None:
             return [hcl(u, t) for u, t in zip(outs, targets)], extra
         layers = None
@@ -259,7 +264,8 @@ class ReviewKDDistiller(Distiller):
         if p.kd_weight > 0:
             losses["kd"] = p.kd_weight * kd_loss(s_feat.logits, t_feat.logits, p.T)
         for name, weight in (("attention_target", p.attention_target_weight),
-                             ("fgd_attention", p.fgd_attention_weight)):
+                             ("fgd_attention", p.fgd_attention_weight),
+                             ("fgd_global", p.fgd_global_weight)):
             if name in diag:
                 losses[name] = (weight * warm) * diag.pop(name)
         logs = {"review_warmup": warm}
