@@ -135,3 +135,25 @@ def test_out_file_that_cannot_be_written_is_one_line_exit_2(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "table.md" in err[0]
     assert main([str(tmp_path / "bench"), "--out", str(tmp_path / "table.md")]) == 0
     assert "| mix |" in (tmp_path / "table.md").read_text()
+
+
+def test_a_variant_is_paired_with_its_own_shuffled_control(tmp_path, capsys):
+    accs = {"reviewkd": [0.5, 0.6, 0.55, 0.52], "e2kd": [0.70, 0.75, 0.72, 0.69],
+            "e2kd_shuffled": [0.50, 0.58, 0.57, 0.50], "mix": [0.5, 0.6, 0.6, 0.5],
+            "e2kd-f10": [0.3, 0.3, 0.4, 0.3], "e2kd_shuffled-f10": [0.2, 0.3, 0.3, 0.3],
+            "reviewkd-f10": [0.3] * 4}
+    _fake_run(tmp_path / "b", accs, {m: [0.0] * 4 for m in accs})
+    text, nums = benchmark_table(tmp_path / "b", ["reviewkd"])
+    d = np.array(accs["e2kd"]) - accs["e2kd_shuffled"]
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    got = nums["rows"]["e2kd"]["test_acc"]["vs_control"]
+    assert math.isclose(got["mean"], d.mean()) and math.isclose(got["ci_low"], ci.low)
+    assert "vs_control" not in nums["rows"]["mix"]["test_acc"]  # no mix_shuffled ran
+    g = np.array(accs["e2kd-f10"]) - accs["e2kd_shuffled-f10"]
+    assert math.isclose(nums["rows"]["e2kd-f10"]["test_acc"]["vs_control"]["mean"], g.mean())
+    assert "test_acc Δ vs control [95% CI]" in text
+    assert main([str(tmp_path / "b"), "--baselines", "reviewkd", "--controls", "test_acc"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("\n\n")[0]
+    assert f"| e2kd | {d.mean():+.3f} [{ci.low:+.3f}, {ci.high:+.3f}]; f10: {g.mean():+.3f} [" in table
+    assert "| mix |" not in table and "| reviewkd |" not in table

@@ -8,7 +8,10 @@ difference to each baseline with its 95 % t-interval (``xkd.report.stats.paired_
 scipy.stats.t); and the power line: the median over students of the sd of the paired differences
 to the first baseline, the seeds that would give a ±0.02 interval, and the smallest difference
 the seeds run could detect at 80 % power (``xkd.report.power``). Markdown on stdout (or ``--out``).
-A student named ``NAME-GROUP`` is paired with ``BASELINE-GROUP`` (:func:`paired_name`).
+A student named ``NAME-GROUP`` is paired with ``BASELINE-GROUP`` (:func:`paired_name`). A student
+whose shuffled-map control ran too (``NAME_shuffled``, :func:`control_name`) also gets the paired
+difference to it ("Δ vs control"): the part of its effect that comes from where the teacher looks
+in each image; ``--controls COLUMN`` prints those as a variants × benchmarks table.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ def paired_name(student: str, baseline: str) -> str:
     """The baseline a student is paired with: students named ``NAME-GROUP`` (e.g. one per
     training fraction, ``att_target-f10``) pair with ``BASELINE-GROUP``."""
     return f"{baseline}-{student.rsplit('-', 1)[1]}" if "-" in student else baseline
+
+
+def control_name(student: str) -> str:
+    """The shuffled-map control of a student: ``NAME_shuffled`` (``NAME_shuffled-GROUP``)."""
+    name, sep, group = student.partition("-")
+    return f"{name}_shuffled{sep}{group}"
 
 
 def _f(x: float | None, signed: bool = False) -> str:
@@ -81,9 +90,11 @@ def benchmark_table(root: Path | list[Path], baselines: list[str]) -> tuple[str,
         t = per_seed[s].get("teacher", {})
         q = " / ".join(_f(t.get(f"teacher_map_{k}_gradcam")) for k, _ in MAPS)
         lines.append(f"| {s} | " + " | ".join(_f(t.get(c)) for c in scores) + f" | {q} |")
+    controlled = any(control_name(m) in models for m in models)
     head = ["variant"]
     for c in scores:
         head += [f"{c} mean ± std"] + [f"{c} Δ vs {b} [95% CI]" for b in baselines]
+        head += [f"{c} Δ vs control [95% CI]"] if controlled else []
     lines += ["", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     numbers: dict[str, Any] = {"seeds": seeds, "rows": {}}
     sds: dict[str, list[float]] = {c: [] for c in scores}
@@ -105,6 +116,14 @@ def benchmark_table(root: Path | list[Path], baselines: list[str]) -> tuple[str,
                 row[c][f"vs_{b0}"] = d
                 if b0 == baselines[0] and d["sd"] == d["sd"]:
                     sds[c].append(d["sd"])
+            if controlled:
+                ctl = control_name(m)
+                if ctl not in models:
+                    cells.append("-")
+                    continue
+                d = paired_difference(vals, [per_seed[s].get(ctl, {}).get(c) for s in seeds])
+                cells.append(f"{_f(d['mean'], True)} [{_f(d['ci_low'], True)}, {_f(d['ci_high'], True)}]")
+                row[c]["vs_control"] = d
         lines.append("| " + " | ".join(cells) + " |")
         numbers["rows"][m] = row
     lines.append("")
@@ -119,10 +138,13 @@ def benchmark_table(root: Path | list[Path], baselines: list[str]) -> tuple[str,
     return "\n".join(lines) + "\n", numbers
 
 
-def matrix(results: list[tuple[str, dict[str, Any]]], baseline: str, columns: list[str]) -> str:
+def matrix(results: list[tuple[str, dict[str, Any]]], baseline: str, columns: list[str],
+           key: str | None = None) -> str:
     """Variants × benchmarks: the paired difference to ``baseline`` [95% CI] on each benchmark's
     first available column of ``columns``, the seeds, and the smallest difference those seeds
-    detect at 80 % power (median sd of the paired differences)."""
+    detect at 80 % power (median sd of the paired differences). ``key="vs_control"``: the
+    difference of each variant to its own shuffled-map control instead (variants that have one)."""
+    key = key or f"vs_{baseline}"
     picked = []
     for name, nums in results:
         col = next((c for c in columns if c in nums.get("power", {})), None)
@@ -134,14 +156,20 @@ def matrix(results: list[tuple[str, dict[str, Any]]], baseline: str, columns: li
     for _, nums, _ in picked:
         variants += [v.rsplit("-", 1)[0] if "-" in v else v for v in nums["rows"] if v not in variants]
     variants = list(dict.fromkeys(variants))
+    if key == "vs_control":
+        variants = [v for v in variants if any(key in nums["rows"][k].get(col, {})
+                                               for _, nums, col in picked for k in nums["rows"]
+                                               if k == v or k.rsplit("-", 1)[0] == v)]
     for v in variants:
         cells = [v]
         for _, nums, col in picked:
             groups = [k for k in nums["rows"] if k == v or k.rsplit("-", 1)[0] == v]
             parts = []
             for k in groups:
-                d = nums["rows"][k].get(col, {}).get(f"vs_{baseline}")
+                d = nums["rows"][k].get(col, {}).get(key)
                 tag = f"{k.rsplit('-', 1)[1]}: " if "-" in k else ""
+                if d is None and key == "vs_control":
+                    continue
                 if d is None:
                     parts.append(f"{tag}{_f(nums['rows'][k][col]['mean'])} (baseline)")
                 else:
@@ -149,6 +177,8 @@ def matrix(results: list[tuple[str, dict[str, Any]]], baseline: str, columns: li
                     parts.append(f"{tag}{_f(d['mean'], True)} [{_f(d['ci_low'], True)}, {_f(d['ci_high'], True)}]{n}")
             cells.append("; ".join(parts) or "-")
         lines.append("| " + " | ".join(cells) + " |")
+    if key == "vs_control":
+        return "\n".join(lines) + "\n"
     cells = ["smallest detectable Δ (80 % power)"]
     for _, nums, col in picked:
         cells.append(_f(min_detectable(nums["power"][col], len(nums["seeds"]))))
@@ -165,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--matrix", action="append", help="also a variants x benchmarks table of the paired difference "
                    "to the first baseline on the first of these columns each benchmark has "
                    "(e.g. test_decoy_shuffled_acc,test_acc); repeat for several tables")
+    p.add_argument("--controls", action="append", help="also a variants x benchmarks table of each "
+                   "variant's paired difference to its own shuffled-map control (NAME_shuffled) on "
+                   "the first of these columns each benchmark has; repeatable")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     baselines = args.baselines.split(",")
 
@@ -174,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             roots = [Path(x) for x in r.split(",")]
             results.append((roots[0].name, *benchmark_table(roots, baselines)))
         text = "\n".join(t for _, t, _ in results)
+        for cols in reversed(args.controls or []):
+            text = matrix([(n, x) for n, _, x in results], baselines[0], cols.split(","),
+                          key="vs_control") + "\n" + text
         for cols in reversed(args.matrix or []):
             text = matrix([(n, x) for n, _, x in results], baselines[0], cols.split(",")) + "\n" + text
         if args.out:
