@@ -134,6 +134,12 @@ CASES = {
     "cgan_kd": ("cgan_kd_classification.yaml", SHAPES + [
         "students=[{name: ce, method: ce, model: {name: resnet8}}, {name: cgan_kd, method: cgan_kd, "
         "model: {name: resnet8}, params: {base: ce, fake_size: 16, init_from: ce}}]"]),
+    "review_guided": ("quickstart.yaml", SHAPES + [
+        "students=[{name: review_e2kd, method: reviewkd, model: {name: resnet8}, params: "
+        "{mid_channels: 8, warmup_epochs: 0, kd_weight: 1.0, T: 1.0, e2kd_weight: 1.0, "
+        "saliency_shuffle: true}}, {name: fgbg_global, method: reviewkd, model: {name: resnet8}, "
+        "params: {mid_channels: 8, warmup_epochs: 0, fg_weight: 1.0, bg_weight: 0.5, "
+        "fgd_attention_weight: 1.0, fgd_global_weight: 1.0}}]"]),
     "ccl": ("ccl_av_shapes.yaml", ["seeds=[0,1]", "data.params.n_train=32", "data.params.n_val=16",
                                     "data.params.n_test=16", "evaluate.subset_size=4",
                                     "report.enabled=false", "device=cpu"]),
@@ -152,12 +158,23 @@ def _check_run(name: str, out: Path, proc: subprocess.CompletedProcess) -> dict:
     return summary
 
 
-@pytest.mark.parametrize("name", ["hkd"])
-def test_torchrun_multi_seed_smoke_run(tmp_path: Path, name: str):
+@pytest.mark.parametrize("name, students", [("hkd", {"hkd"}),
+                                           ("review_guided", {"review_e2kd", "fgbg_global"})])
+def test_torchrun_multi_seed_smoke_run(tmp_path: Path, name: str, students: set[str]):
+    """review_guided: review + e2KD's term under its shuffle control (double backprop inside
+    DDP's forward) and the FGD split with the global term's trained GcBlocks."""
     experiment, overrides = CASES[name]
     out = tmp_path / "run"
     summary = _check_run(name, out, _torchrun(experiment, out, overrides))
-    assert {r["model"] for r in summary["rows"]} == {"teacher", "hkd"}
+    assert {r["model"] for r in summary["rows"]} == {"teacher"} | students
+    for seed in (0, 1):
+        for student in students:
+            ckpt = torch.load(out / f"seed-{seed}" / "students" / student / "last.pt", weights_only=True)
+            assert all(torch.isfinite(v).all() for v in ckpt["trainable"].values()
+                       if v.is_floating_point())
+    if name == "review_guided":  # the global term's GcBlocks are trained and saved
+        gc = torch.load(out / "seed-1" / "students" / "fgbg_global" / "last.pt", weights_only=True)
+        assert any("teacher" in k and "key" in k for k in gc["trainable"]), sorted(gc["trainable"])
 
 
 @pytest.mark.slow
