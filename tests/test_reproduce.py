@@ -80,6 +80,10 @@ def test_suite_files_share_one_schedule_and_follow_the_papers():
         assert raw["teacher"]["pretrained"] is True and raw["data"]["name"] == "cifar100"
         review = {s["name"]: s["params"] for s in raw["students"] if s["method"] == "reviewkd"}
         assert review["reviewkd_gradcam"]["saliency_mix"] > 0 and "saliency_mix" not in review["reviewkd"]
+        # the recommended guided student: the pair's own review settings plus e2KD's term
+        guided = dict(review["reviewkd_e2kd"])
+        assert (guided.pop("kd_weight"), guided.pop("T"), guided.pop("e2kd_weight")) == (1.0, 1.0, 1.0)
+        assert guided == review["reviewkd"], run.file
     weights = {r.file: {s["name"]: s.get("params", {}) for s in load_raw(suite.path(r))["students"]}
                for r in suite.runs}
     # the official scripts' review weights (reference/seed_methods.md 1.7)
@@ -217,7 +221,7 @@ def test_dry_run_of_two_cifar100_pairs(tmp_path, monkeypatch, capsys):
     rows = [r for r in io.read_json(tmp_path / "dry" / "results.json")["rows"]
             if Path(r["file"]).stem in TWO_PAIRS]
     assert {r["state"] for r in rows} == {"complete"} and {Path(r["file"]).stem for r in rows} == set(TWO_PAIRS)
-    assert {r["model"] for r in rows} >= {"teacher", "ce", "kd", "reviewkd", "reviewkd_gradcam", "e2kd"}
+    assert {r["model"] for r in rows} >= {"teacher", "ce", "kd", "reviewkd", "reviewkd_gradcam", "reviewkd_e2kd", "e2kd"}
     assert all(0 <= r["xkd"] <= 100 for r in rows)
     for stem in TWO_PAIRS:
         cfg = io.read_yaml(tmp_path / "dry" / stem / "config.yaml")
