@@ -5,7 +5,6 @@ build would outlast the short process-group timeout), then records what it expla
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from xkd.config import AugmentConfig, DataConfig
 from xkd.data import DATASETS, JointAugment, build_data, build_train_transform, list_datasets, render
-from xkd.data.shapes import MARKER_COLOURS, DecoyParams, ShapesParams, make_bundle, marker_masks
+from xkd.data.shapes import MARKER_COLOURS, marker_masks
 from xkd.data.tensors import stratified_split
 from xkd.errors import ConfigError, UnknownNameError, UserError
 

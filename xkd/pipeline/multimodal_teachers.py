@@ -6,12 +6,10 @@ queries against the train gallery, as in CCL, Chen et al. CVPR 2021, section 4).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from xkd import io
-from xkd.config import ExperimentConfig, StudentConfig
+from xkd.config import StudentConfig
 from xkd.data import DataBundle
 from xkd.distill import DistillContext, build_distiller
 from xkd.distill.ccl import TeacherRef
@@ -20,9 +18,6 @@ from xkd.engine.retrieval import embed, recall_at_k
 from xkd.models import FeatureModel
 from xkd.pipeline.context import RunContext, build_model_for, n_params, train_model
 from xkd.pipeline.multimodal import check_modalities, input_extras, is_multimodal, teacher_of
-
-if TYPE_CHECKING:
-    from xkd.pipeline.context import RunContext
 
 
 def train_named_teachers(ctx: "RunContext") -> tuple[dict[str, TeacherRef], dict[str, dict[str, Any]]]:

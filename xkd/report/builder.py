@@ -63,7 +63,7 @@ def provenance(doc: Document, data: RunData, comp: Computed, subset: int | None)
              f"(seeded subset, seed {idx.get('subset_seed', '-')})"
              + (f", first {subset} kept by --subset" if subset else "")
              + f"; ground-truth masks: {'yes' if data.has_masks else 'no'}",
-             f"models: " + "; ".join(f"{n} ({m.role}, {m.config.name or m.config.factory}, "
+             "models: " + "; ".join(f"{n} ({m.role}, {m.config.name or m.config.factory}, "
                                       f"{m.metrics.get('method', '-')})" for n, m in data.models.items()),
              "versions: " + ", ".join(f"{k} {env[k]}" for k in ("xkd", "python", "torch", "torchvision",
                                                                   "captum", "numpy") if k in env)
