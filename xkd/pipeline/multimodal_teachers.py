@@ -20,7 +20,7 @@ from xkd.pipeline.context import RunContext, build_model_for, n_params, train_mo
 from xkd.pipeline.multimodal import check_modalities, input_extras, is_multimodal, teacher_of
 
 
-def train_named_teachers(ctx: "RunContext") -> tuple[dict[str, TeacherRef], dict[str, dict[str, Any]]]:
+def train_named_teachers(ctx: RunContext) -> tuple[dict[str, TeacherRef], dict[str, dict[str, Any]]]:
     """Train (plain CE on its modality) or load every named teacher; frozen, eval, on the device.
 
     Also records every model's input key in ``ctx.keys`` when the run is multi-modal."""
@@ -58,7 +58,7 @@ def train_named_teachers(ctx: "RunContext") -> tuple[dict[str, TeacherRef], dict
     return refs, infos
 
 
-def student_inputs(ctx: "RunContext", sc: StudentConfig, bundle: DataBundle, teacher: FeatureModel | None,
+def student_inputs(ctx: RunContext, sc: StudentConfig, bundle: DataBundle, teacher: FeatureModel | None,
                    named: dict[str, TeacherRef]) -> tuple[FeatureModel | None, dict[str, Any]]:
     """:func:`xkd.pipeline.multimodal.input_extras` for a run; records the student's key in ``ctx.keys``.
     Image-only runs get ``(teacher, {})``."""
@@ -68,7 +68,7 @@ def student_inputs(ctx: "RunContext", sc: StudentConfig, bundle: DataBundle, tea
     return input_extras(ctx.cfg, sc, bundle, teacher, named)
 
 
-def multimodal_metrics(ctx: "RunContext", models: dict[str, FeatureModel],
+def multimodal_metrics(ctx: RunContext, models: dict[str, FeatureModel],
                        results: dict[str, dict[str, Any]]) -> None:
     """Add ``teacher`` (a student's named teacher; its ``test_agreement``/``test_kl`` against it
     come from :func:`xkd.pipeline.flow.evaluate_models`) and ``test_r1``/``test_r5`` (every model:
